@@ -1,0 +1,316 @@
+//! The command line: arguments (clap) and the dispatch to the engine.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Pipeline;
+use crate::dag::{Dag, DagFormat};
+use crate::error::{Diagnostic, Error, Result};
+use crate::executor::{self, RunOptions};
+use crate::hash_memo::HashMemo;
+use crate::store::ArtifactStore;
+use crate::ui::{LogFormat, Ui};
+use crate::{adapters, cache_cmd, digest, explain, plan};
+
+/// Reproducible COVID-19 lesion segmentation of lung CT, from a declarative pipeline.
+///
+/// Exit codes: 0 success, 1 a stage failed (or `cache verify` found damage), 2 a usage,
+/// configuration or input error.
+#[derive(Parser)]
+#[command(name = "covseg", version, about, long_about)]
+pub struct Cli {
+    /// The pipeline file.
+    #[arg(
+        long,
+        short = 'p',
+        global = true,
+        default_value = "pipeline.toml",
+        value_name = "FILE"
+    )]
+    pipeline: PathBuf,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "human")]
+    log_format: LogFormat,
+    /// More log detail (-v, -vv).
+    #[arg(long, short = 'v', global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Warnings and errors only.
+    #[arg(long, short = 'q', global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the pipeline: stale stages run, cached ones are reused.
+    Run {
+        /// Run only this stage and whatever upstream of it is stale (repeatable).
+        #[arg(long = "stage", short = 's', value_name = "NAME")]
+        stages: Vec<String>,
+        /// Rerun the named stages (all without --stage) even when cached.
+        #[arg(long)]
+        force: bool,
+        /// Print the plan instead of running.
+        #[arg(long)]
+        dry_run: bool,
+        /// Most stages at once (default: the CPU limit).
+        #[arg(long, short = 'j', value_name = "N")]
+        jobs: Option<usize>,
+    },
+    /// Show each stage's state: cached, stale and why, or blocked.
+    Plan {
+        /// Only this stage and its upstream (repeatable).
+        #[arg(long = "stage", short = 's', value_name = "NAME")]
+        stages: Vec<String>,
+    },
+    /// Show a stage's key parts and what changed since its last run.
+    Explain { stage: String },
+    /// Print the stage graph.
+    Dag {
+        #[arg(long, value_enum, default_value = "text")]
+        format: DagFormat,
+    },
+    /// List the stage kinds with their inputs, outputs and params.
+    Kinds,
+    /// Inspect, check and trim the artifact cache.
+    Cache {
+        /// The cache folder (default: the pipeline's).
+        #[arg(long, value_name = "DIR")]
+        cache: Option<PathBuf>,
+        #[command(subcommand)]
+        command: CacheCommand,
+    },
+    /// Write synthetic CT phantoms as Kaggle-format .npy files (images_<prefix>.npy, masks_<prefix>.npy).
+    Synth {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        #[arg(long, default_value_t = 16)]
+        slices: usize,
+        #[arg(long, default_value_t = 128)]
+        size: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value = "medseg")]
+        prefix: String,
+    },
+    /// Print blake3 digests of files, as b3sum does.
+    Hash {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CacheCommand {
+    /// List the entries.
+    Ls,
+    /// Re-hash every entry and name the damaged ones (exit code 1 if any).
+    Verify {
+        /// Remove damaged entries so the next run rebuilds them.
+        #[arg(long)]
+        fix: bool,
+    },
+    /// Remove entries that none of the newest N runs used.
+    Gc {
+        #[arg(long, value_name = "N")]
+        keep_last: usize,
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+fn print(text: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        // A closed pipe (`covseg dag | head`) is not a failure.
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Error::io("<stdout>", e)),
+        _ => Ok(()),
+    }
+}
+
+fn stage_indices(pipeline: &Pipeline, names: &[String]) -> Result<Vec<usize>> {
+    names.iter().map(|n| pipeline.require_stage(n)).collect()
+}
+
+pub fn execute(cli: Cli) -> Result<()> {
+    let verbosity = if cli.quiet {
+        -1
+    } else {
+        cli.verbose.min(3) as i8
+    };
+    let ui = Ui::new(cli.log_format, verbosity);
+    let registry = adapters::registry();
+    let load = || Pipeline::load(&cli.pipeline, &registry);
+    match cli.command {
+        Command::Run {
+            stages,
+            force,
+            dry_run,
+            jobs,
+        } => {
+            let pipeline = load()?;
+            let dag = Dag::new(&pipeline)?;
+            let selected = stage_indices(&pipeline, &stages)?;
+            let order = if selected.is_empty() {
+                dag.order().to_vec()
+            } else {
+                dag.with_ancestors(&selected)
+            };
+            if !dry_run {
+                crate::resolve::check_external(&pipeline, &order)?;
+            }
+            let store = ArtifactStore::open(&pipeline.cache_dir, !dry_run)?;
+            let memo = HashMemo::open(store.memo_file());
+            if dry_run {
+                let forced = if !force {
+                    vec![]
+                } else if selected.is_empty() {
+                    order.clone()
+                } else {
+                    selected.clone()
+                };
+                let rows = plan::plan(&pipeline, &dag, &store, &memo, &order, &forced)?;
+                return print(&plan::render(&pipeline, &rows));
+            }
+            let options = RunOptions {
+                selected,
+                force,
+                jobs: jobs.unwrap_or(pipeline.limits.cpu as usize),
+            };
+            let record = executor::run(&pipeline, &dag, &store, &memo, &options, &ui);
+            match record {
+                Ok(record) => print(&executor::summary(&record)),
+                Err(e) => {
+                    if let Some((_, last)) = crate::runlog::load_all(&store.runs_dir())
+                        .into_iter()
+                        .next()
+                        && matches!(e, Error::StagesFailed { .. })
+                    {
+                        print(&executor::summary(&last))?;
+                    }
+                    Err(e)
+                }
+            }
+        }
+        Command::Plan { stages } => {
+            let pipeline = load()?;
+            let dag = Dag::new(&pipeline)?;
+            let selected = stage_indices(&pipeline, &stages)?;
+            let order = if selected.is_empty() {
+                dag.order().to_vec()
+            } else {
+                dag.with_ancestors(&selected)
+            };
+            let store = ArtifactStore::open(&pipeline.cache_dir, false)?;
+            let memo = HashMemo::open(store.memo_file());
+            let rows = plan::plan(&pipeline, &dag, &store, &memo, &order, &[])?;
+            print(&plan::render(&pipeline, &rows))
+        }
+        Command::Explain { stage } => {
+            let pipeline = load()?;
+            let dag = Dag::new(&pipeline)?;
+            let index = pipeline.require_stage(&stage)?;
+            let store = ArtifactStore::open(&pipeline.cache_dir, false)?;
+            let memo = HashMemo::open(store.memo_file());
+            print(&explain::explain(&pipeline, &dag, &store, &memo, index)?)
+        }
+        Command::Dag { format } => {
+            let pipeline = load()?;
+            let dag = Dag::new(&pipeline)?;
+            print(&dag.render(&pipeline, format))
+        }
+        Command::Kinds => print(&crate::kinds_text(&registry)),
+        Command::Cache { cache, command } => {
+            let dir = match cache {
+                Some(dir) => dir,
+                None => load()?.cache_dir,
+            };
+            let store = ArtifactStore::open(&dir, false)?;
+            if !store.exists() {
+                return Err(Diagnostic::new(format!(
+                    "{} is not a covseg cache (no objects/ folder)",
+                    dir.display()
+                ))
+                .help("run the pipeline first, or pass --cache DIR")
+                .into());
+            }
+            match command {
+                CacheCommand::Ls => print(&cache_cmd::ls(&store)?),
+                CacheCommand::Verify { fix } => {
+                    let (text, damaged) = cache_cmd::verify(&store, fix)?;
+                    print(&text)?;
+                    if damaged > 0 && !fix {
+                        Err(Error::Damaged(damaged))
+                    } else {
+                        Ok(())
+                    }
+                }
+                CacheCommand::Gc { keep_last, dry_run } => {
+                    print(&cache_cmd::gc(&store, keep_last, dry_run)?)
+                }
+            }
+        }
+        Command::Synth {
+            out,
+            slices,
+            size,
+            seed,
+            prefix,
+        } => synth(&out, slices, size, seed, &prefix),
+        Command::Hash { files } => {
+            let mut text = String::new();
+            for f in &files {
+                text.push_str(&format!("{}  {}\n", digest::file(f)?, f.display()));
+            }
+            print(&text)
+        }
+    }
+}
+
+fn synth(out: &Path, slices: usize, size: usize, seed: u64, prefix: &str) -> Result<()> {
+    use covseg_stages::data::{kaggle, phantom};
+    let config = phantom::PhantomConfig {
+        slices,
+        size,
+        ..Default::default()
+    };
+    let domain = |e: covseg_stages::Error| -> Error {
+        if e.is_input_error() {
+            Diagnostic::new(e.to_string()).into()
+        } else {
+            Error::Corrupt {
+                path: out.to_owned(),
+                message: e.to_string(),
+            }
+        }
+    };
+    config.validate().map_err(domain)?;
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let set = phantom::generate(&config, seed, &covseg_stages::NoProgress).map_err(domain)?;
+    let images = out.join(format!("images_{prefix}.npy"));
+    let masks = out.join(format!("masks_{prefix}.npy"));
+    // Written beside the target and renamed, so an interrupted run leaves no half file.
+    for (path, write) in [
+        (
+            &images,
+            Box::new(|p: &Path| kaggle::write_images(p, &set.images))
+                as Box<dyn Fn(&Path) -> covseg_stages::Result<()>>,
+        ),
+        (
+            &masks,
+            Box::new(|p: &Path| kaggle::write_masks(p, &set.masks)),
+        ),
+    ] {
+        let tmp = path.with_extension("npy.partial");
+        write(&tmp).map_err(domain)?;
+        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+    }
+    print(&format!(
+        "wrote {} and {} ({slices} slices of {size}×{size})\n",
+        images.display(),
+        masks.display()
+    ))
+}

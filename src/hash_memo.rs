@@ -1,0 +1,105 @@
+//! Remembers the digests of external files by (path, size, mtime, ctime, inode), so a rerun with
+//! unchanged inputs does not read gigabytes again. A `touch` changes mtime and costs one re-hash.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use crate::atomic;
+use crate::digest::{self, Digest};
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Stamp {
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+    inode: u64,
+    dev: u64,
+}
+
+impl Stamp {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Self {
+            size: meta.len(),
+            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+            ctime_ns: i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
+            inode: meta.ino(),
+            dev: meta.dev(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Remembered {
+    stamp: Stamp,
+    digest: Digest,
+}
+
+/// The memo file in the cache, loaded once per command and saved if it changed.
+pub struct HashMemo {
+    file: PathBuf,
+    entries: Mutex<(BTreeMap<PathBuf, Remembered>, bool)>,
+}
+
+impl HashMemo {
+    pub fn open(file: PathBuf) -> Self {
+        // A damaged or missing memo only costs re-hashing, so it is never an error.
+        let entries = std::fs::read(&file)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        Self {
+            file,
+            entries: Mutex::new((entries, false)),
+        }
+    }
+
+    /// The digest of a file or folder, from the memo when its stamp is unchanged.
+    pub fn digest(&self, path: &Path) -> Result<Digest> {
+        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        if meta.is_dir() {
+            let files = digest::list_files(path)?;
+            let digests = files
+                .iter()
+                .map(|(rel, p)| Ok((rel.clone(), self.digest(p)?)))
+                .collect::<Result<Vec<_>>>()?;
+            return Ok(digest::tree(&digests));
+        }
+        let key = std::path::absolute(path).map_err(|e| Error::io(path, e))?;
+        let stamp = Stamp::of(&meta);
+        if let Some(r) = self.lock().0.get(&key).filter(|r| r.stamp == stamp) {
+            return Ok(r.digest);
+        }
+        let digest = digest::file(path)?;
+        let mut guard = self.lock();
+        guard.0.insert(key, Remembered { stamp, digest });
+        guard.1 = true;
+        Ok(digest)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (BTreeMap<PathBuf, Remembered>, bool)> {
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Writes the memo if anything was added. Entries for files that no longer exist are dropped.
+    pub fn save(&self) -> Result<()> {
+        let mut guard = self.lock();
+        if !guard.1 {
+            return Ok(());
+        }
+        guard.0.retain(|p, _| p.exists());
+        let bytes = serde_json::to_vec(&guard.0).map_err(|e| Error::Corrupt {
+            path: self.file.clone(),
+            message: e.to_string(),
+        })?;
+        atomic::write(&self.file, &bytes)?;
+        guard.1 = false;
+        Ok(())
+    }
+}

@@ -1,0 +1,176 @@
+//! What the engine knows about a stage kind: its inputs, outputs, params and version, and how to
+//! run it. Kinds are registered by the adapter table; the engine never looks inside them.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// A declared input of a kind.
+#[derive(Debug, Clone, Copy)]
+pub struct InputSpec {
+    pub name: &'static str,
+    pub required: bool,
+    pub about: &'static str,
+}
+
+/// A declared output: a file (or folder) the stage writes under its output folder.
+#[derive(Debug, Clone, Copy)]
+pub struct OutputSpec {
+    pub name: &'static str,
+    pub file: &'static str,
+    pub about: &'static str,
+}
+
+/// Resources a stage needs while it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Resources {
+    pub gpu: u32,
+    pub cpu: u32,
+}
+
+pub struct KindSpec {
+    pub name: &'static str,
+    /// Bumped whenever the kind's results change for the same inputs and params.
+    pub version: u32,
+    pub about: &'static str,
+    pub inputs: &'static [InputSpec],
+    pub outputs: &'static [OutputSpec],
+    /// Whether the pipeline's seed enters the key.
+    pub uses_seed: bool,
+    pub resources: Resources,
+}
+
+/// A param problem found by a kind: which key (if one) and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamError {
+    pub key: Option<String>,
+    pub message: String,
+    pub help: Option<String>,
+}
+
+/// Everything a stage gets to run: resolved input paths, its normalised params, and where to write.
+pub struct StageJob<'a> {
+    pub inputs: BTreeMap<String, PathBuf>,
+    pub params: &'a serde_json::Value,
+    pub seed: u64,
+    pub out_dir: &'a Path,
+    pub progress: &'a dyn covseg_stages::Progress,
+}
+
+impl StageJob<'_> {
+    /// The path of a declared input; optional inputs give `None` when not wired.
+    pub fn input(&self, name: &str) -> Option<&Path> {
+        self.inputs.get(name).map(PathBuf::as_path)
+    }
+
+    /// Where to write a declared output.
+    pub fn output(&self, spec: &OutputSpec) -> PathBuf {
+        self.out_dir.join(spec.file)
+    }
+
+    /// The params as the kind's typed config.
+    pub fn config<P: DeserializeOwned>(&self) -> Result<P, StageFailure> {
+        serde_json::from_value(self.params.clone())
+            .map_err(|e| StageFailure::internal(format!("params: {e}")))
+    }
+}
+
+/// Why a stage failed.
+#[derive(Debug, Clone)]
+pub struct StageFailure {
+    pub message: String,
+    /// The user's data or params were wrong (exit code 2), rather than the machine failing.
+    pub input_error: bool,
+}
+
+impl StageFailure {
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            input_error: false,
+        }
+    }
+}
+
+impl From<covseg_stages::Error> for StageFailure {
+    fn from(e: covseg_stages::Error) -> Self {
+        Self {
+            input_error: e.is_input_error(),
+            message: e.to_string(),
+        }
+    }
+}
+
+pub trait StageKind: Send + Sync {
+    fn spec(&self) -> &KindSpec;
+    /// Validates the params table and returns it normalised (every field, defaults filled in): this
+    /// is what enters the key, so only params the kind reads can change it.
+    fn params(&self, raw: &toml::Table) -> Result<serde_json::Value, ParamError>;
+    fn run(&self, job: &StageJob<'_>) -> Result<(), StageFailure>;
+}
+
+/// Normalises params through a typed config: unknown keys are rejected with a suggestion, and the
+/// result lists every field so that defaults are part of the key.
+pub fn typed_params<P>(
+    raw: &toml::Table,
+    validate: impl Fn(&P) -> Result<(), String>,
+) -> Result<serde_json::Value, ParamError>
+where
+    P: DeserializeOwned + Serialize + Default,
+{
+    let known = serde_json::to_value(P::default()).map_err(|e| ParamError {
+        key: None,
+        message: e.to_string(),
+        help: None,
+    })?;
+    let known_keys: Vec<&str> = known
+        .as_object()
+        .map(|o| o.keys().map(String::as_str).collect())
+        .unwrap_or_default();
+    for key in raw.keys() {
+        if !known_keys.contains(&key.as_str()) {
+            return Err(ParamError {
+                key: Some(key.clone()),
+                message: format!("unknown param `{key}`"),
+                help: Some(crate::suggest::help(key, known_keys.iter().copied())),
+            });
+        }
+    }
+    // Parsed from text so a type error has a span, which names the offending key.
+    let text = toml::to_string(raw).map_err(|e| ParamError {
+        key: None,
+        message: e.to_string(),
+        help: None,
+    })?;
+    let typed: P = toml::from_str(&text).map_err(|e: toml::de::Error| {
+        let key = e.span().and_then(|span| {
+            let line_start = text[..span.start].rfind('\n').map_or(0, |i| i + 1);
+            let line = &text[line_start..];
+            let key = line.split(['=', '.', ' ']).next()?.trim().trim_matches('"');
+            raw.contains_key(key).then(|| key.to_owned())
+        });
+        ParamError {
+            key,
+            message: e.message().trim().to_owned(),
+            help: None,
+        }
+    })?;
+    validate(&typed).map_err(|message| {
+        let key = known_keys
+            .iter()
+            .find(|k| message.starts_with(&format!("params.{k}")))
+            .map(|k| (*k).to_owned());
+        ParamError {
+            key,
+            message,
+            help: None,
+        }
+    })?;
+    serde_json::to_value(&typed).map_err(|e| ParamError {
+        key: None,
+        message: e.to_string(),
+        help: None,
+    })
+}

@@ -1,0 +1,188 @@
+//! What a run would do, without doing it: each stage cached, stale (and why) or blocked.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::path::PathBuf;
+
+use crate::config::Pipeline;
+use crate::dag::Dag;
+use crate::digest::Digest;
+use crate::error::Result;
+use crate::hash_memo::HashMemo;
+use crate::key;
+use crate::reference::InputRef;
+use crate::resolve::{self, Resolved};
+use crate::runlog::{self, RunRecord};
+use crate::store::{ArtifactStore, Entry};
+
+#[derive(Debug, Clone)]
+pub enum State {
+    Cached {
+        key: Digest,
+    },
+    Stale {
+        key: Option<Digest>,
+        reasons: Vec<String>,
+    },
+    Blocked {
+        reason: String,
+    },
+}
+
+pub struct Row {
+    pub stage: usize,
+    pub state: State,
+    /// Set when the key is known.
+    pub resolved: Option<Resolved>,
+}
+
+/// Why a stage with a known key and no entry must run, from its last run's key.
+pub fn reasons(
+    pipeline: &Pipeline,
+    runs: &[(PathBuf, RunRecord)],
+    stage: &str,
+    resolved: &Resolved,
+) -> Vec<String> {
+    match runlog::last_run_of(runs, &pipeline_id(pipeline), stage) {
+        None => vec!["never run".to_owned()],
+        Some((_, last)) => {
+            let parts = last.parts.as_ref().unwrap_or(&resolved.parts);
+            let changes = key::changes(parts, &last.sources, &resolved.parts, &resolved.sources);
+            if changes.is_empty() {
+                vec![
+                    "result no longer in the cache (removed by gc, or its run was stopped)"
+                        .to_owned(),
+                ]
+            } else {
+                changes
+            }
+        }
+    }
+}
+
+/// How run records name a pipeline: its absolute path.
+pub fn pipeline_id(pipeline: &Pipeline) -> String {
+    std::path::absolute(&pipeline.path)
+        .unwrap_or_else(|_| pipeline.path.clone())
+        .to_string_lossy()
+        .into_owned()
+}
+
+pub fn plan(
+    pipeline: &Pipeline,
+    dag: &Dag,
+    store: &ArtifactStore,
+    memo: &HashMemo,
+    stages: &[usize],
+    forced: &[usize],
+) -> Result<Vec<Row>> {
+    let runs = runlog::load_all(&store.runs_dir());
+    let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
+    let mut states: BTreeMap<usize, State> = BTreeMap::new();
+    let mut rows = Vec::new();
+    for &i in stages {
+        let stage = &pipeline.stages[i];
+        let mut resolved = None;
+        let upstream = dag.upstream(i);
+        let state = if let Some(&b) = upstream
+            .iter()
+            .find(|u| matches!(states.get(u), Some(State::Blocked { .. })))
+        {
+            State::Blocked {
+                reason: format!("upstream `{}` is blocked", pipeline.stages[b].name),
+            }
+        } else if let Some((name, written)) = stage.inputs.iter().find_map(|(n, r)| match r {
+            InputRef::External { written, path } if !path.exists() => Some((n, written)),
+            _ => None,
+        }) {
+            State::Blocked {
+                reason: format!("input `{name}`: {written} does not exist"),
+            }
+        } else if let Some(&s) = upstream
+            .iter()
+            .find(|u| !entries.contains_key(&pipeline.stages[**u].name))
+        {
+            State::Stale {
+                key: None,
+                reasons: vec![format!("upstream `{}` will run", pipeline.stages[s].name)],
+            }
+        } else {
+            let r = resolve::resolve(pipeline, stage, &entries, memo)?;
+            let state = match store.lookup(&r.key)? {
+                Some(entry) if !forced.contains(&i) => {
+                    entries.insert(stage.name.clone(), entry);
+                    State::Cached { key: r.key }
+                }
+                Some(_) => State::Stale {
+                    key: Some(r.key),
+                    reasons: vec!["--force".to_owned()],
+                },
+                None => State::Stale {
+                    key: Some(r.key),
+                    reasons: reasons(pipeline, &runs, &stage.name, &r),
+                },
+            };
+            resolved = Some(r);
+            state
+        };
+        states.insert(i, state.clone());
+        rows.push(Row {
+            stage: i,
+            state,
+            resolved,
+        });
+    }
+    Ok(rows)
+}
+
+pub fn render(pipeline: &Pipeline, rows: &[Row]) -> String {
+    let width = rows
+        .iter()
+        .map(|r| pipeline.stages[r.stage].name.len())
+        .max()
+        .unwrap_or(0)
+        .max(5);
+    let kind_width = rows
+        .iter()
+        .map(|r| pipeline.stages[r.stage].kind.spec().name.len())
+        .max()
+        .unwrap_or(0)
+        .max(4);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "pipeline {} ({})",
+        pipeline.name,
+        pipeline.path.display()
+    );
+    let (mut cached, mut stale, mut blocked) = (0, 0, 0);
+    for row in rows {
+        let stage = &pipeline.stages[row.stage];
+        let kind = stage.kind.spec().name;
+        let (label, detail) = match &row.state {
+            State::Cached { key } => {
+                cached += 1;
+                ("cached", key.short())
+            }
+            State::Stale { reasons, .. } => {
+                stale += 1;
+                ("stale", reasons.join("; "))
+            }
+            State::Blocked { reason } => {
+                blocked += 1;
+                ("blocked", reason.clone())
+            }
+        };
+        let _ = writeln!(
+            out,
+            "  {:width$}  {:kind_width$}  {label:7}  {detail}",
+            stage.name, kind
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{} stage(s): {cached} cached, {stale} to run, {blocked} blocked",
+        rows.len()
+    );
+    out
+}

@@ -1,0 +1,155 @@
+//! Turns a stage and the entries of its upstream stages into its key: input digests (external files
+//! through the hash memo, stage outputs from their entries) and params merged with `params_from`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use crate::config::{Pipeline, Stage};
+use crate::digest::Digest;
+use crate::error::{Diagnostic, Error, Result};
+use crate::hash_memo::HashMemo;
+use crate::key::{COVSEG_VERSION, InputSources, KeyParts};
+use crate::reference::InputRef;
+use crate::store::Entry;
+
+/// A stage whose key is known.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub parts: KeyParts,
+    pub key: Digest,
+    pub sources: InputSources,
+    pub inputs: BTreeMap<String, PathBuf>,
+}
+
+/// Checks that every external input of the stages exists; names the first missing one and says
+/// how to get it.
+pub fn check_external(pipeline: &Pipeline, stages: &[usize]) -> Result<()> {
+    for &i in stages {
+        let stage = &pipeline.stages[i];
+        for (name, r) in &stage.inputs {
+            if let InputRef::External { written, path } = r
+                && !path.exists()
+            {
+                return Err(missing_input(pipeline, stage, name, written).into());
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn missing_input(pipeline: &Pipeline, stage: &Stage, input: &str, written: &str) -> Diagnostic {
+    let help = pipeline
+        .data_hint
+        .clone()
+        .unwrap_or_else(|| "create the file, or point the input at an existing one".to_owned());
+    Diagnostic::new(format!(
+        "stage `{}`: input `{input}` is missing: {written} does not exist",
+        stage.name
+    ))
+    .at(pipeline.location(stage))
+    .help(help)
+}
+
+/// The stage's key, given the entries of all its upstream stages (`upstream` must hold them).
+pub fn resolve(
+    pipeline: &Pipeline,
+    stage: &Stage,
+    upstream: &BTreeMap<String, Entry>,
+    memo: &HashMemo,
+) -> Result<Resolved> {
+    let mut inputs = BTreeMap::new();
+    let mut digests = BTreeMap::new();
+    let mut sources = InputSources::new();
+    for (name, r) in &stage.inputs {
+        let (path, digest) = locate(pipeline, stage, name, r, upstream, memo)?;
+        sources.insert(name.clone(), r.to_string());
+        inputs.insert(name.clone(), path);
+        digests.insert(name.clone(), digest);
+    }
+    let params = match &stage.params_from {
+        None => stage.params.clone(),
+        Some(r) => {
+            let (path, digest) = locate(pipeline, stage, "params_from", r, upstream, memo)?;
+            sources.insert("params_from".into(), r.to_string());
+            digests.insert("params_from".into(), digest);
+            merged_params(pipeline, stage, r, &path)?
+        }
+    };
+    let spec = stage.kind.spec();
+    let parts = KeyParts {
+        kind: spec.name.to_owned(),
+        kind_version: spec.version,
+        covseg_version: COVSEG_VERSION.to_owned(),
+        params,
+        seed: spec.uses_seed.then_some(pipeline.seed),
+        inputs: digests,
+    };
+    Ok(Resolved {
+        key: parts.key(),
+        parts,
+        sources,
+        inputs,
+    })
+}
+
+fn locate(
+    pipeline: &Pipeline,
+    stage: &Stage,
+    name: &str,
+    r: &InputRef,
+    upstream: &BTreeMap<String, Entry>,
+    memo: &HashMemo,
+) -> Result<(PathBuf, Digest)> {
+    match r {
+        InputRef::External { written, path } => {
+            if !path.exists() {
+                return Err(missing_input(pipeline, stage, name, written).into());
+            }
+            Ok((path.clone(), memo.digest(path)?))
+        }
+        InputRef::Output { stage: up, output } => {
+            let entry = upstream.get(up).ok_or_else(|| Error::Corrupt {
+                path: pipeline.cache_dir.clone(),
+                message: format!(
+                    "internal: stage `{}` resolved before its upstream `{up}`",
+                    stage.name
+                ),
+            })?;
+            let record = entry.record.outputs.get(output).ok_or_else(|| Error::Corrupt {
+                path: entry.dir.join("entry.json"),
+                message: format!("the entry of `{up}` has no output `{output}`; run `covseg cache verify --fix`"),
+            })?;
+            Ok((entry.dir.join("out").join(&record.path), record.digest))
+        }
+    }
+}
+
+/// The written params overlaid with the upstream JSON object, normalised by the kind.
+fn merged_params(
+    pipeline: &Pipeline,
+    stage: &Stage,
+    r: &InputRef,
+    path: &std::path::Path,
+) -> Result<serde_json::Value> {
+    let fail = |message: String| -> Error {
+        Diagnostic::new(format!(
+            "stage `{}`: params_from {r}: {message}",
+            stage.name
+        ))
+        .at(pipeline.location(stage))
+        .help("params_from must name a JSON object whose keys are params of this stage's kind")
+        .into()
+    };
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| fail(format!("not JSON: {e}")))?;
+    let serde_json::Value::Object(object) = value else {
+        return Err(fail("not a JSON object".into()));
+    };
+    let mut table = stage.raw_params.clone();
+    for (k, v) in object {
+        let v: toml::Value = serde_json::from_value(v).map_err(|e| fail(format!("{k}: {e}")))?;
+        table.insert(k, v);
+    }
+    stage.kind.params(&table).map_err(|e| fail(e.message))
+}

@@ -1,0 +1,9 @@
+//! The CT domain of covseg: data readers and writers, synthetic phantoms, splits, and (in later
+//! modules) augmentation, model, training, metrics and submission. Nothing here knows about caching.
+
+pub mod data;
+pub mod error;
+pub mod progress;
+
+pub use error::{Error, Result};
+pub use progress::{NoProgress, Progress};

@@ -1,0 +1,9 @@
+//! The integration tests: each file drives the real `covseg` binary in a temporary folder.
+
+mod cache;
+mod cli;
+mod concurrency;
+mod config_errors;
+mod kill;
+mod run;
+mod test;

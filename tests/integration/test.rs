@@ -1,0 +1,233 @@
+//! A fluent builder that runs the real binary in a temp dir:
+//! `Test::new().pipeline(TOML).args(["run"]).status(0).run()`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_covseg");
+
+pub struct Test {
+    dir: tempfile::TempDir,
+    args: Vec<String>,
+    status: i32,
+}
+
+pub struct Done {
+    pub output: Output,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Test {
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("temp dir"),
+            args: Vec::new(),
+            status: 0,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn pipeline(self, toml: &str) -> Self {
+        self.file("pipeline.toml", toml)
+    }
+
+    pub fn file(self, name: &str, content: &str) -> Self {
+        let path = self.dir.path().join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        std::fs::write(path, content).unwrap();
+        self
+    }
+
+    pub fn args<I: IntoIterator<Item = S>, S: Into<String>>(mut self, args: I) -> Self {
+        self.args = args.into_iter().map(Into::into).collect();
+        self
+    }
+
+    pub fn status(mut self, status: i32) -> Self {
+        self.status = status;
+        self
+    }
+
+    pub fn command(&self, args: &[String]) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .current_dir(self.dir.path())
+            .env("NO_COLOR", "1")
+            .env_remove("COVSEG_LOG");
+        cmd.stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs the command and checks its exit status; the test keeps its folder for more commands.
+    pub fn run(&mut self) -> Done {
+        let output = self.command(&self.args).output().expect("run covseg");
+        let done = Done {
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            output,
+        };
+        assert_eq!(
+            done.output.status.code(),
+            Some(self.status),
+            "covseg {:?} exited {:?}\n--- stdout\n{}\n--- stderr\n{}",
+            self.args,
+            done.output.status.code(),
+            done.stdout,
+            done.stderr
+        );
+        done
+    }
+
+    /// Runs more commands in the same folder: `t.then(["plan"]).run()`.
+    pub fn then<I: IntoIterator<Item = S>, S: Into<String>>(&mut self, args: I) -> &mut Self {
+        self.args = args.into_iter().map(Into::into).collect();
+        self.status = 0;
+        self
+    }
+
+    pub fn expect(&mut self, status: i32) -> &mut Self {
+        self.status = status;
+        self
+    }
+
+    pub fn go(&mut self) -> Done {
+        self.run()
+    }
+
+    pub fn cache(&self) -> PathBuf {
+        self.dir.path().join("cache")
+    }
+
+    /// Names of the complete cache entries.
+    pub fn objects(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.cache().join("objects"))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    /// The run records, oldest first.
+    pub fn runs(&self) -> Vec<serde_json::Value> {
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(self.cache().join("runs"))
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        paths.sort();
+        let mut runs: Vec<serde_json::Value> = paths
+            .iter()
+            .map(|p| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap())
+            .collect();
+        runs.sort_by_key(|r| r["started_unix_ms"].as_u64());
+        runs
+    }
+
+    /// Outcome per stage name in the newest run record.
+    pub fn last_outcomes(&self) -> Vec<(String, String)> {
+        let runs = self.runs();
+        let last = runs.last().expect("a run record");
+        last["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["name"].as_str().unwrap().to_owned(),
+                    s["outcome"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    /// The cached file of a stage's output in the newest run.
+    pub fn output(&self, stage: &str, file: &str) -> PathBuf {
+        let runs = self.runs();
+        let last = runs.last().expect("a run record");
+        let key = last["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == stage)
+            .expect("stage in run")["key"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        self.cache()
+            .join("objects")
+            .join(key)
+            .join("out")
+            .join(file)
+    }
+}
+
+/// Replaces what varies between machines and runs (temp paths, keys, timings) in command output.
+pub fn redact(text: &str) -> String {
+    let mut out = String::new();
+    for line in text.lines() {
+        let mut words: Vec<String> = Vec::new();
+        for word in line.split(' ') {
+            let hexlen = word.chars().take_while(|c| c.is_ascii_hexdigit()).count();
+            let w = if hexlen == 64 {
+                format!("[key]{}", &word[64..])
+            } else if hexlen == 12
+                && word.len() == 12
+                && word.chars().any(|c| c.is_ascii_digit())
+                && word.chars().any(|c| c.is_ascii_lowercase())
+            {
+                "[short]".to_owned()
+            } else if word.split_once('-').is_some_and(|(a, b)| {
+                a.len() == 13
+                    && a.chars().all(|c| c.is_ascii_digit())
+                    && b.chars().all(|c| c.is_ascii_digit())
+            }) {
+                "[run]".to_owned()
+            } else if word.ends_with('s')
+                && word[..word.len() - 1].parse::<f64>().is_ok()
+                && word.contains('.')
+            {
+                "[t]s".to_owned()
+            } else {
+                word.to_owned()
+            };
+            words.push(w);
+        }
+        out.push_str(&words.join(" "));
+        out.push('\n');
+    }
+    out
+}
+
+/// Two synthetic data stages and a split of the first: the smallest real pipeline.
+pub fn pipeline(split_params: &str) -> String {
+    format!(
+        r#"[pipeline]
+name = "tiny"
+seed = 7
+
+[[stage]]
+name = "phantoms"
+kind = "synth"
+params = {{ slices = 6, size = 64 }}
+
+[[stage]]
+name = "holdout"
+kind = "synth"
+params = {{ slices = 2, size = 64 }}
+
+[[stage]]
+name = "split"
+kind = "split"
+inputs = {{ medseg_images = "@phantoms.images", medseg_masks = "@phantoms.masks" }}
+params = {{ {split_params} }}
+"#
+    )
+}
