@@ -96,6 +96,21 @@ enum Command {
         #[arg(long, default_value = "medseg")]
         prefix: String,
     },
+    /// Run one stage kind outside the pipeline and cache: `covseg exec split --input medseg_images=a.npy ... --out DIR`.
+    Exec {
+        kind: String,
+        /// An input as NAME=PATH (repeatable).
+        #[arg(long = "input", short = 'i', value_name = "NAME=PATH")]
+        inputs: Vec<String>,
+        /// A param as KEY=VALUE, VALUE in TOML syntax or a bare string (repeatable).
+        #[arg(long = "param", short = 'P', value_name = "KEY=VALUE")]
+        params: Vec<String>,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Folder for the outputs.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
     /// Print blake3 digests of files, as b3sum does.
     Hash {
         #[arg(required = true)]
@@ -260,6 +275,15 @@ pub fn execute(cli: Cli) -> Result<()> {
             seed,
             prefix,
         } => synth(&out, slices, size, seed, &prefix),
+        Command::Exec {
+            kind,
+            inputs,
+            params,
+            seed,
+            out,
+        } => print(&crate::exec::exec(
+            &registry, &kind, &inputs, &params, seed, &out,
+        )?),
         Command::Hash { files } => {
             let mut text = String::new();
             for f in &files {

@@ -65,6 +65,13 @@ impl StageJob<'_> {
         self.inputs.get(name).map(PathBuf::as_path)
     }
 
+    /// The path of a required input (the pipeline's validation guarantees it is wired).
+    pub fn required(&self, name: &str) -> Result<&Path, StageFailure> {
+        self.input(name).ok_or_else(|| {
+            StageFailure::internal(format!("the required input `{name}` is not wired"))
+        })
+    }
+
     /// Where to write a declared output.
     pub fn output(&self, spec: &OutputSpec) -> PathBuf {
         self.out_dir.join(spec.file)

@@ -10,6 +10,7 @@ pub mod config;
 pub mod dag;
 pub mod digest;
 pub mod error;
+pub mod exec;
 pub mod executor;
 pub mod explain;
 pub mod hash_memo;

@@ -45,3 +45,79 @@ fn usage_errors_exit_2() {
     Test::new().args(["run", "--jobs", "many"]).status(2).run();
     Test::new().args(["frobnicate"]).status(2).run();
 }
+
+#[test]
+fn exec_runs_one_kind_outside_the_cache() {
+    let mut t = Test::new().args(["synth", "--out", "data", "--slices", "6", "--size", "64"]);
+    t.run();
+    let out = t
+        .then([
+            "exec",
+            "split",
+            "-i",
+            "medseg_images=data/images_medseg.npy",
+            "-i",
+            "medseg_masks=data/masks_medseg.npy",
+            "-P",
+            "folds=3",
+            "--out",
+            "split",
+        ])
+        .go();
+    assert_eq!(out.stdout, "wrote split/splits.json\n");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(t.path().join("split/splits.json")).unwrap())
+            .unwrap();
+    assert_eq!(manifest["folds"].as_array().unwrap().len(), 3);
+    t.then([
+        "exec",
+        "stats",
+        "-i",
+        "images=data/images_medseg.npy",
+        "-i",
+        "masks=data/masks_medseg.npy",
+        "-i",
+        "manifest=split/splits.json",
+        "-P",
+        "part=val",
+        "--out",
+        "stats",
+    ])
+    .go();
+    let stats: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(t.path().join("stats/stats.json")).unwrap()).unwrap();
+    assert_eq!(
+        stats["slices"], 2,
+        "two of six slices validate in fold 0 of 3"
+    );
+    let bad = t
+        .then([
+            "exec",
+            "split",
+            "-i",
+            "medseg_images=data/images_medseg.npy",
+            "-P",
+            "fold=1",
+            "--out",
+            "x",
+        ])
+        .expect(2)
+        .go();
+    assert!(
+        bad.stderr.contains("needs --input medseg_masks=PATH"),
+        "{}",
+        bad.stderr
+    );
+    let typo = t
+        .then(["exec", "split", "-P", "flods=1", "--out", "x"])
+        .expect(2)
+        .go();
+    assert!(
+        typo.stderr.contains("did you mean `folds`?"),
+        "{}",
+        typo.stderr
+    );
+    assert!(
+        !t.path().join("x").exists() || std::fs::read_dir(t.path().join("x")).unwrap().count() == 0
+    );
+}

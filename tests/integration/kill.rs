@@ -40,6 +40,10 @@ fn sigkill_mid_stage_then_rerun_gives_the_right_result() {
         std::thread::sleep(Duration::from_millis(5));
     }
     std::thread::sleep(Duration::from_millis(150));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the stage finished before it could be killed; make it slower"
+    );
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     assert!(

@@ -3,3 +3,4 @@
 pub mod kaggle;
 pub mod phantom;
 pub mod split;
+pub mod stats;

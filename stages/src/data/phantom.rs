@@ -14,20 +14,20 @@ const MIN_SIZE: usize = 64;
 const MAX_SIZE: usize = 512;
 const MAX_SLICES: usize = 100_000;
 
-/// Mask channels, in the order of the Kaggle `masks_medseg.npy` files.
+// Mask channels, in the order of the Kaggle `masks_medseg.npy` files.
 const GGO: u8 = 0;
 const CONSOLIDATION: u8 = 1;
 const OTHER_LUNG: u8 = 2;
 const BACKGROUND: u8 = 3;
 const CHANNELS: usize = 4;
 
-/// What a pixel is before lesions are added; overlays (bones, heart) only ever paint `BODY`, so the
-/// lung masks stay exactly the lung shapes whatever overlaps them.
+// What a pixel is before lesions are added; overlays (bones, heart) only ever paint `BODY`, so the
+// lung masks stay exactly the lung shapes whatever overlaps them.
 const OUTSIDE: u8 = 0;
 const BODY: u8 = 1;
 const LUNG: u8 = 2;
 
-/// The usual CT storage range; noise must not push air below what a scanner can write.
+// The usual CT storage range; noise must not push air below what a scanner can write.
 const MIN_HU: f32 = -1024.0;
 const MAX_HU: f32 = 3071.0;
 const AIR_HU: f32 = -1000.0;
@@ -63,6 +63,7 @@ impl Default for PhantomConfig {
 }
 
 impl PhantomConfig {
+    /// Rejects sizes and values the generator cannot honour, naming the offending field.
     pub fn validate(&self) -> Result<()> {
         if !(MIN_SIZE..=MAX_SIZE).contains(&self.size) {
             return Err(Error::invalid_param(
@@ -96,6 +97,7 @@ impl PhantomConfig {
 }
 
 /// A phantom data set in the Kaggle layout.
+#[derive(Debug, Clone)]
 pub struct PhantomSet {
     /// `(N, S, S, 1)`, Hounsfield units.
     pub images: Array4<f64>,
@@ -909,6 +911,8 @@ fn render(config: &PhantomConfig, seed: u64, index: usize) -> SliceBuf {
             }
             kind[i] = BODY;
             let tex = tissue_tex.at(x, y);
+            // Swapped coordinates read the coarse lattice as an unrelated field, so the fat
+            // thickness varies without a lattice of its own.
             let fat = body.fat * (0.7 + 0.3 * (1.0 + lung_coarse.at(y, x)));
             hu[i] = if level > 1.0 - body.skin {
                 30.0 + 5.0 * tex
@@ -1034,8 +1038,8 @@ fn render(config: &PhantomConfig, seed: u64, index: usize) -> SliceBuf {
             }
             if class[i] == GGO {
                 value =
-                    -700.0 + 260.0 * smoothstep(t_ggo, 2.5 * t_ggo, g) + 45.0 * lesion_tex.at(x, y);
-            } else {
+                    -680.0 + 300.0 * smoothstep(t_ggo, 2.2 * t_ggo, g) + 45.0 * lesion_tex.at(x, y);
+            } else if t_ggo.is_finite() {
                 // A faint halo: ground glass fades into normal lung rather than stopping at a wall.
                 value += (-720.0 - value) * 0.5 * smoothstep(0.6 * t_ggo, t_ggo, g);
             }
@@ -1223,24 +1227,30 @@ mod tests {
 
     #[test]
     fn lesions_are_denser_than_the_lung_around_them() {
-        let (image, mask) = generate_slice(
-            &PhantomConfig {
-                lesion_free_fraction: 0.0,
-                ..config(1, 128)
-            },
-            5,
-            0,
-        );
-        let mean = |k: usize| {
-            let values: Vec<f64> = image
-                .iter()
-                .zip(mask.lanes(Axis(2)))
-                .filter(|(_, m)| m[k])
-                .map(|(&v, _)| v)
-                .collect();
-            values.iter().sum::<f64>() / values.len().max(1) as f64
+        let sick = PhantomConfig {
+            lesion_free_fraction: 0.0,
+            ..config(4, 128)
         };
-        assert!(mean(0) > mean(2) + 150.0);
+        for index in 0..sick.slices {
+            let (image, mask) = generate_slice(&sick, 5, index);
+            let median_of = |k: usize| {
+                let values: Vec<f64> = image
+                    .iter()
+                    .zip(mask.lanes(Axis(2)))
+                    .filter(|(_, m)| m[k])
+                    .map(|(&v, _)| v)
+                    .collect();
+                (!values.is_empty()).then(|| median(values))
+            };
+            let (ggo, lung) = (median_of(0).unwrap(), median_of(2).unwrap());
+            assert!(ggo > lung + 150.0, "slice {index}: GGO {ggo}, lung {lung}");
+            if let Some(cons) = median_of(1) {
+                assert!(
+                    cons > ggo + 300.0,
+                    "slice {index}: consolidation {cons}, GGO {ggo}"
+                );
+            }
+        }
     }
 
     #[test]
