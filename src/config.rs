@@ -265,6 +265,18 @@ impl Pipeline {
                 .help(format!("add `inputs.{} = \"...\"` to the stage: a path, `data:NAME` or `@STAGE.OUTPUT`", missing.name))
                 .into());
             }
+            let wired: Vec<&str> = inputs.keys().map(String::as_str).collect();
+            if let Err(message) = kind.check_inputs(&wired) {
+                return Err(
+                    Diagnostic::new(format!("stage `{}`: {message}", s.name.get_ref()))
+                        .at(at(s.name.span()))
+                        .help(format!(
+                            "`covseg kinds` lists the inputs of kind {}",
+                            spec.name
+                        ))
+                        .into(),
+                );
+            }
             let params_from = match &s.params_from {
                 None => None,
                 Some(value) => {

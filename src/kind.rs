@@ -115,6 +115,11 @@ pub trait StageKind: Send + Sync {
     /// Validates the params table and returns it normalised (every field, defaults filled in): this
     /// is what enters the key, so only params the kind reads can change it.
     fn params(&self, raw: &toml::Table) -> Result<serde_json::Value, ParamError>;
+    /// Checks which optional inputs are wired together (e.g. "one source, not two"); the message
+    /// says what to change.
+    fn check_inputs(&self, _wired: &[&str]) -> Result<(), String> {
+        Ok(())
+    }
     fn run(&self, job: &StageJob<'_>) -> Result<(), StageFailure>;
 }
 

@@ -64,7 +64,12 @@ fn exec_runs_one_kind_outside_the_cache() {
             "split",
         ])
         .go();
-    assert_eq!(out.stdout, "wrote split/splits.json\n");
+    assert!(
+        out.stdout
+            .starts_with("wrote split/splits.json, split/preprocessing.json"),
+        "{}",
+        out.stdout
+    );
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(t.path().join("split/splits.json")).unwrap())
             .unwrap();
@@ -104,7 +109,8 @@ fn exec_runs_one_kind_outside_the_cache() {
         .expect(2)
         .go();
     assert!(
-        bad.stderr.contains("needs --input medseg_masks=PATH"),
+        bad.stderr
+            .contains("needs `medseg_images` and `medseg_masks`"),
         "{}",
         bad.stderr
     );

@@ -60,7 +60,7 @@ fn reference_to_a_missing_output() {
 #[test]
 fn missing_required_input() {
     insta::assert_snapshot!(error_of(&format!(
-        "{SYNTH}\n[[stage]]\nname = \"split\"\nkind = \"split\"\ninputs = {{ medseg_images = \"@phantoms.images\" }}\n"
+        "{SYNTH}\n[[stage]]\nname = \"stats\"\nkind = \"stats\"\ninputs = {{ images = \"@phantoms.images\" }}\n"
     )));
 }
 
@@ -131,4 +131,11 @@ fn unknown_device() {
 fn missing_pipeline_file() {
     let mut t = Test::new().args(["run"]).status(2);
     insta::assert_snapshot!(t.run().stderr);
+}
+
+#[test]
+fn split_needs_exactly_one_source() {
+    insta::assert_snapshot!(error_of(&format!(
+        "{SYNTH}\n[[stage]]\nname = \"split\"\nkind = \"split\"\ninputs = {{ medseg_images = \"@phantoms.images\", medseg_masks = \"@phantoms.masks\", folder = \"data\" }}\n"
+    )));
 }

@@ -210,3 +210,62 @@ fn json_logs() {
             .any(|l| l["fields"]["message"] == "running" && l["fields"]["stage"] == "split")
     );
 }
+
+#[test]
+fn split_manifest_and_preprocessing() {
+    let mut t = Test::new().pipeline(&pipeline("folds = 3, size = 32, windows = [{ center = -600, width = 1500 }, { center = 40, width = 400 }]")).args(["run"]);
+    t.run();
+    let manifest = std::fs::read_to_string(t.output("split", "splits.json")).unwrap();
+    insta::assert_snapshot!("split_manifest", manifest);
+    let pre: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(t.output("split", "preprocessing.json")).unwrap())
+            .unwrap();
+    assert_eq!(pre["size"], 32);
+    assert_eq!(pre["windows"].as_array().unwrap().len(), 2);
+    assert_eq!(pre["normalize"], "zscore");
+    let header = std::fs::read(t.output("split", "train_images.npy")).unwrap();
+    let header = String::from_utf8_lossy(&header[..128]);
+    assert!(header.contains("'shape': (4, 2, 32, 32)"), "{header}");
+}
+
+#[test]
+fn split_of_the_shared_image_folder() {
+    let shared = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data/medseg-covid-semiseg-train");
+    if !shared.is_dir() {
+        eprintln!(
+            "skipped: {} is absent (the shared real-data folder)",
+            shared.display()
+        );
+        return;
+    }
+    let toml = format!(
+        "[[stage]]\nname = \"split\"\nkind = \"split\"\ninputs = {{ folder = \"{}\" }}\nparams = {{ size = 128, folds = 5 }}\n",
+        shared.display()
+    );
+    let mut t = Test::new().pipeline(&toml).args(["run"]);
+    t.run();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(t.output("split", "splits.json")).unwrap()).unwrap();
+    assert_eq!(manifest["val"].as_array().unwrap().len(), 10);
+    assert_eq!(manifest["train"].as_array().unwrap().len(), 40);
+    assert_eq!(
+        manifest["original_sizes"].as_object().unwrap().len(),
+        50,
+        "every real slice is resized and its size remembered"
+    );
+    let pre: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(t.output("split", "preprocessing.json")).unwrap())
+            .unwrap();
+    assert_eq!(pre["source"], "eight-bit");
+    let missing = Test::new()
+        .pipeline(&toml.replace("size = 128, ", ""))
+        .args(["run"])
+        .status(2)
+        .run();
+    assert!(
+        missing.stderr.contains("needs params.size"),
+        "{}",
+        missing.stderr
+    );
+}

@@ -6,10 +6,17 @@ use std::path::{Path, PathBuf};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::kaggle;
-use crate::{Error, Result};
+use std::collections::BTreeMap;
+
+use ndarray::{Array3, Array4, Axis};
+
+use super::folder::{self, LabelMap};
+use super::intensity::{Normalize, Preprocessing, SourceKind, Window};
+use super::{kaggle, labels, resize};
+use crate::{Error, Progress, Result};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -20,6 +27,14 @@ pub struct SplitConfig {
     pub fold: usize,
     /// Share of MedSeg slices held out when `folds = 1`.
     pub val_fraction: f64,
+    /// Width and height of the slices after resizing; unset keeps the size of `.npy` sources
+    /// (image folders, whose slices differ in size, need it).
+    pub size: Option<usize>,
+    /// HU windows, one input channel each (for HU sources; 8-bit image folders use v/255).
+    pub windows: Vec<Window>,
+    pub normalize: Normalize,
+    /// For image folders: which mask values are background, GGO and consolidation.
+    pub label_map: LabelMap,
 }
 
 impl Default for SplitConfig {
@@ -28,6 +43,10 @@ impl Default for SplitConfig {
             folds: 5,
             fold: 0,
             val_fraction: 0.2,
+            size: None,
+            windows: vec![Window::LUNG],
+            normalize: Normalize::Zscore,
+            label_map: LabelMap::default(),
         }
     }
 }
@@ -48,6 +67,33 @@ impl SplitConfig {
                 ),
             ));
         }
+        if let Some(size) = self.size
+            && !(16..=2048).contains(&size)
+        {
+            return Err(Error::invalid_param(
+                "size",
+                format!("expected 16…2048 pixels, got {size}"),
+            ));
+        }
+        if self.windows.is_empty() {
+            return Err(Error::invalid_param(
+                "windows",
+                "give at least one window, e.g. [{ center = -600, width = 1500 }]",
+            ));
+        }
+        if let Some(w) = self
+            .windows
+            .iter()
+            .find(|w| w.width.is_nan() || w.width <= 0.0 || !w.center.is_finite())
+        {
+            return Err(Error::invalid_param(
+                "windows",
+                format!(
+                    "a window needs a finite center and a positive width, got center {} width {}",
+                    w.center, w.width
+                ),
+            ));
+        }
         if self.folds == 1 && !(self.val_fraction > 0.0 && self.val_fraction < 1.0) {
             return Err(Error::invalid_param(
                 "val_fraction",
@@ -61,12 +107,16 @@ impl SplitConfig {
     }
 }
 
-/// The image and mask files a split draws from.
+/// What a split draws from: the Kaggle files (validation from MedSeg) or an image folder (all of
+/// it eligible for validation).
 #[derive(Debug, Clone)]
-pub struct SplitInputs {
-    pub medseg_images: PathBuf,
-    pub medseg_masks: PathBuf,
-    pub radiopedia: Option<(PathBuf, PathBuf)>,
+pub enum SplitInputs {
+    Kaggle {
+        medseg_images: PathBuf,
+        medseg_masks: PathBuf,
+        radiopedia: Option<(PathBuf, PathBuf)>,
+    },
+    Folder(PathBuf),
 }
 
 /// A slice named by its source and index, written `medseg/12`.
@@ -87,6 +137,9 @@ pub struct SplitManifest {
     pub train: Vec<SliceRef>,
     pub val: Vec<SliceRef>,
     pub folds: Vec<Fold>,
+    /// Original (height, width) of slices that were resized from another size (image folders).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub original_sizes: BTreeMap<SliceRef, [usize; 2]>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -100,34 +153,18 @@ fn count_pair(images: &Path, masks: &Path) -> Result<usize> {
     kaggle::slice_count(images)
 }
 
-pub fn split(inputs: &SplitInputs, config: &SplitConfig, seed: u64) -> Result<SplitManifest> {
-    config.validate()?;
-    let medseg = count_pair(&inputs.medseg_images, &inputs.medseg_masks)?;
-    let folds_needed = if config.folds == 1 { 2 } else { config.folds };
-    if medseg < folds_needed {
-        return Err(Error::invalid_data(
-            &inputs.medseg_images,
-            format!("has {medseg} slices, too few for {folds_needed} parts; lower params.folds"),
-        ));
-    }
-    let mut sources = vec![Source {
-        name: "medseg".into(),
-        slices: medseg,
-    }];
-    let mut always_train = Vec::new();
-    if let Some((images, masks)) = &inputs.radiopedia {
-        let n = count_pair(images, masks)?;
-        sources.push(Source {
-            name: "radiopedia".into(),
-            slices: n,
-        });
-        always_train.extend((0..n).map(|i| format!("radiopedia/{i}")));
-    }
-
-    let mut order: Vec<usize> = (0..medseg).collect();
+/// Assigns slices to folds. `eligible` may validate; `always_train` never does.
+fn make_folds(
+    eligible: &[SliceRef],
+    always_train: &[SliceRef],
+    config: &SplitConfig,
+    seed: u64,
+) -> Vec<Fold> {
+    let n = eligible.len();
+    let mut order: Vec<usize> = (0..n).collect();
     order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
     let parts: Vec<Vec<usize>> = if config.folds == 1 {
-        let n_val = ((medseg as f64 * config.val_fraction).round() as usize).clamp(1, medseg - 1);
+        let n_val = ((n as f64 * config.val_fraction).round() as usize).clamp(1, n - 1);
         vec![order[..n_val].to_vec(), order[n_val..].to_vec()]
     } else {
         (0..config.folds)
@@ -141,8 +178,7 @@ pub fn split(inputs: &SplitInputs, config: &SplitConfig, seed: u64) -> Result<Sp
             })
             .collect()
     };
-    let n_folds = config.folds;
-    let folds: Vec<Fold> = (0..n_folds)
+    (0..config.folds)
         .map(|f| {
             let mut val = parts[f].clone();
             val.sort_unstable();
@@ -153,14 +189,77 @@ pub fn split(inputs: &SplitInputs, config: &SplitConfig, seed: u64) -> Result<Sp
                 .flat_map(|(_, p)| p.clone())
                 .collect();
             train.sort_unstable();
-            let mut train: Vec<SliceRef> = train.iter().map(|i| format!("medseg/{i}")).collect();
+            let mut train: Vec<SliceRef> = train.iter().map(|&i| eligible[i].clone()).collect();
             train.extend(always_train.iter().cloned());
             Fold {
                 train,
-                val: val.iter().map(|i| format!("medseg/{i}")).collect(),
+                val: val.iter().map(|&i| eligible[i].clone()).collect(),
             }
         })
-        .collect();
+        .collect()
+}
+
+fn kaggle_refs(name: &str, n: usize) -> Vec<SliceRef> {
+    (0..n).map(|i| format!("{name}/{i}")).collect()
+}
+
+/// The manifest alone: which slice goes where. Reads only file headers.
+pub fn split(inputs: &SplitInputs, config: &SplitConfig, seed: u64) -> Result<SplitManifest> {
+    config.validate()?;
+    let (sources, eligible, always_train, at) = match inputs {
+        SplitInputs::Kaggle {
+            medseg_images,
+            medseg_masks,
+            radiopedia,
+        } => {
+            let medseg = count_pair(medseg_images, medseg_masks)?;
+            let mut sources = vec![Source {
+                name: "medseg".into(),
+                slices: medseg,
+            }];
+            let mut always = Vec::new();
+            if let Some((images, masks)) = radiopedia {
+                let n = count_pair(images, masks)?;
+                sources.push(Source {
+                    name: "radiopedia".into(),
+                    slices: n,
+                });
+                always = kaggle_refs("radiopedia", n);
+            }
+            (
+                sources,
+                kaggle_refs("medseg", medseg),
+                always,
+                medseg_images.clone(),
+            )
+        }
+        SplitInputs::Folder(root) => {
+            let ids: Vec<SliceRef> = folder::list(root)?
+                .into_iter()
+                .map(|(id, _)| format!("folder/{id}"))
+                .collect();
+            (
+                vec![Source {
+                    name: "folder".into(),
+                    slices: ids.len(),
+                }],
+                ids,
+                Vec::new(),
+                root.join("images"),
+            )
+        }
+    };
+    let needed = if config.folds == 1 { 2 } else { config.folds };
+    if eligible.len() < needed {
+        return Err(Error::invalid_data(
+            &at,
+            format!(
+                "has {} slices, too few for {needed} parts; lower params.folds",
+                eligible.len()
+            ),
+        ));
+    }
+    let folds = make_folds(&eligible, &always_train, config, seed);
     let chosen = folds[config.fold].clone();
     Ok(SplitManifest {
         seed,
@@ -169,6 +268,155 @@ pub fn split(inputs: &SplitInputs, config: &SplitConfig, seed: u64) -> Result<Sp
         train: chosen.train,
         val: chosen.val,
         folds,
+        original_sizes: BTreeMap::new(),
+    })
+}
+
+/// The split artifact: the manifest, the fixed preprocessing, and the preprocessed slices of the
+/// chosen fold — images `(N,C,S,S)` windowed to [0,1] (normalisation is applied by the model
+/// input, with `preprocessing`), labels `(N,S,S)`.
+pub struct SplitData {
+    pub manifest: SplitManifest,
+    pub preprocessing: Preprocessing,
+    pub train_images: Array4<f32>,
+    pub train_labels: Array3<u8>,
+    pub val_images: Array4<f32>,
+    pub val_labels: Array3<u8>,
+}
+
+/// One slice before stacking: windowed channels and labels, resized.
+type Prepared = (Array3<f32>, ndarray::Array2<u8>);
+
+fn prepare_hu(
+    hu: ndarray::ArrayView2<f32>,
+    mask: ndarray::ArrayView3<bool>,
+    windows: &[Window],
+    size: usize,
+) -> Prepared {
+    let p = Preprocessing {
+        source: SourceKind::Hu,
+        windows: windows.to_vec(),
+        size,
+        normalize: Normalize::None,
+        shift: vec![],
+        scale: vec![],
+    };
+    let (h, w) = hu.dim();
+    let resized;
+    let hu = if (h, w) == (size, size) {
+        hu
+    } else {
+        resized = resize::bilinear(hu, size, size);
+        resized.view()
+    };
+    let labels = labels::from_masks(mask);
+    (p.window_hu(hu), resize::nearest(labels.view(), size, size))
+}
+
+fn stack(slices: Vec<Prepared>, channels: usize, size: usize) -> (Array4<f32>, Array3<u8>) {
+    let n = slices.len();
+    let mut images = Array4::zeros((n, channels, size, size));
+    let mut labels = Array3::zeros((n, size, size));
+    for (i, (x, l)) in slices.into_iter().enumerate() {
+        images.index_axis_mut(Axis(0), i).assign(&x);
+        labels.index_axis_mut(Axis(0), i).assign(&l);
+    }
+    (images, labels)
+}
+
+/// The whole split: manifest, preprocessed slices and the normalisation fitted on training slices.
+pub fn assemble(
+    inputs: &SplitInputs,
+    config: &SplitConfig,
+    seed: u64,
+    progress: &dyn Progress,
+) -> Result<SplitData> {
+    let mut manifest = split(inputs, config, seed)?;
+    let wanted: Vec<&SliceRef> = manifest.train.iter().chain(&manifest.val).collect();
+    progress.start(wanted.len() as u64, "slices");
+    let (source, size, channels, mut prepared): (
+        SourceKind,
+        usize,
+        usize,
+        BTreeMap<SliceRef, Prepared>,
+    ) = match inputs {
+        SplitInputs::Kaggle {
+            medseg_images,
+            medseg_masks,
+            radiopedia,
+        } => {
+            let native = kaggle::NpyHeader::read(medseg_images)?.shape[1];
+            let size = config.size.unwrap_or(native);
+            let mut prepared = BTreeMap::new();
+            let mut files = vec![("medseg", medseg_images, medseg_masks)];
+            if let Some((i, m)) = radiopedia {
+                files.push(("radiopedia", i, m));
+            }
+            for (name, images, masks) in files {
+                let (images, masks) = (kaggle::read_images(images)?, kaggle::read_masks(masks)?);
+                let slices: Vec<(SliceRef, Prepared)> = (0..images.dim().0)
+                    .into_par_iter()
+                    .map(|i| {
+                        let p = prepare_hu(
+                            images.index_axis(Axis(0), i).index_axis(Axis(2), 0),
+                            masks.index_axis(Axis(0), i),
+                            &config.windows,
+                            size,
+                        );
+                        progress.advance(1);
+                        (format!("{name}/{i}"), p)
+                    })
+                    .collect();
+                prepared.extend(slices);
+            }
+            (SourceKind::Hu, size, config.windows.len(), prepared)
+        }
+        SplitInputs::Folder(root) => {
+            let size = config.size.ok_or_else(|| {
+                Error::invalid_param("size", "an image-folder dataset needs params.size (its slices differ in size), e.g. size = 256")
+            })?;
+            let ids = folder::list(root)?;
+            let slices = ids
+                .par_iter()
+                .map(|(id, path)| {
+                    let slice = folder::read(root, id, path, &config.label_map)?;
+                    let original = [slice.image.dim().0, slice.image.dim().1];
+                    let image = Preprocessing::window_8bit(
+                        resize::bilinear(slice.image.view(), size, size).view(),
+                    );
+                    let labels = resize::nearest(slice.labels.view(), size, size);
+                    progress.advance(1);
+                    Ok((format!("folder/{id}"), (image, labels), original))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let mut prepared = BTreeMap::new();
+            for (r, p, original) in slices {
+                if original != [size, size] {
+                    manifest.original_sizes.insert(r.clone(), original);
+                }
+                prepared.insert(r, p);
+            }
+            (SourceKind::EightBit, size, 1, prepared)
+        }
+    };
+    let mut take = |refs: &[SliceRef]| -> Vec<Prepared> {
+        refs.iter().filter_map(|r| prepared.remove(r)).collect()
+    };
+    let (train_images, train_labels) = stack(take(&manifest.train), channels, size);
+    let (val_images, val_labels) = stack(take(&manifest.val), channels, size);
+    let windows = if source == SourceKind::Hu {
+        config.windows.clone()
+    } else {
+        Vec::new()
+    };
+    let preprocessing = Preprocessing::fit(source, windows, size, config.normalize, &train_images)?;
+    Ok(SplitData {
+        manifest,
+        preprocessing,
+        train_images,
+        train_labels,
+        val_images,
+        val_labels,
     })
 }
 
@@ -200,7 +448,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mi, mm) = files(dir.path(), "medseg", 23);
         let radiopedia = Some(files(dir.path(), "radiopedia", 7));
-        let inputs = SplitInputs {
+        let inputs = SplitInputs::Kaggle {
             medseg_images: mi,
             medseg_masks: mm,
             radiopedia,
@@ -233,10 +481,69 @@ mod tests {
     }
 
     #[test]
+    fn assemble_windows_resizes_and_fits_normalisation_on_train_only() {
+        use crate::data::phantom::{PhantomConfig, generate};
+        let dir = tempfile::tempdir().unwrap();
+        let set = generate(
+            &PhantomConfig {
+                slices: 6,
+                size: 64,
+                ..Default::default()
+            },
+            3,
+            &crate::NoProgress,
+        )
+        .unwrap();
+        let (mi, mm) = (dir.path().join("i.npy"), dir.path().join("m.npy"));
+        kaggle::write_images(&mi, &set.images).unwrap();
+        kaggle::write_masks(&mm, &set.masks).unwrap();
+        let inputs = SplitInputs::Kaggle {
+            medseg_images: mi,
+            medseg_masks: mm,
+            radiopedia: None,
+        };
+        let config = SplitConfig {
+            folds: 3,
+            size: Some(32),
+            windows: vec![Window::LUNG, Window::MEDIASTINAL],
+            ..Default::default()
+        };
+        let data = assemble(&inputs, &config, 1, &crate::NoProgress).unwrap();
+        assert_eq!(data.train_images.dim(), (4, 2, 32, 32));
+        assert_eq!(data.val_images.dim(), (2, 2, 32, 32));
+        assert_eq!(data.val_labels.dim(), (2, 32, 32));
+        assert!(data.train_images.iter().all(|v| (0.0..=1.0).contains(v)));
+        assert!(data.train_labels.iter().any(|&l| l == labels::LABEL_GGO));
+        let lung = data.train_images.index_axis(Axis(1), 0);
+        let mean = lung.iter().map(|&v| f64::from(v)).sum::<f64>() / lung.len() as f64;
+        assert!(
+            (f64::from(data.preprocessing.shift[0]) - mean).abs() < 1e-4,
+            "z-score mean comes from the training slices"
+        );
+        assert_eq!(data.preprocessing.channels(), 2);
+        // The lung window sees lung parenchyma (−850 HU) as dark but not black; labels follow it.
+        let first = data.train_labels.index_axis(Axis(0), 0);
+        let lung_pixels: Vec<f32> = first
+            .indexed_iter()
+            .filter(|(_, l)| **l == labels::LABEL_OTHER_LUNG)
+            .map(|((y, x), _)| data.train_images[[0, 0, y, x]])
+            .collect();
+        let median = {
+            let mut v = lung_pixels.clone();
+            v.sort_by(f32::total_cmp);
+            v[v.len() / 2]
+        };
+        assert!(
+            (0.1..0.5).contains(&median),
+            "lung parenchyma at {median} in the lung window"
+        );
+    }
+
+    #[test]
     fn single_split_by_fraction() {
         let dir = tempfile::tempdir().unwrap();
         let (mi, mm) = files(dir.path(), "medseg", 10);
-        let inputs = SplitInputs {
+        let inputs = SplitInputs::Kaggle {
             medseg_images: mi,
             medseg_masks: mm,
             radiopedia: None,
@@ -245,13 +552,14 @@ mod tests {
             folds: 1,
             fold: 0,
             val_fraction: 0.3,
+            ..Default::default()
         };
         let manifest = split(&inputs, &config, 1).unwrap();
         assert_eq!((manifest.train.len(), manifest.val.len()), (7, 3));
         let bad = SplitConfig {
             folds: 3,
             fold: 3,
-            val_fraction: 0.2,
+            ..Default::default()
         };
         assert!(
             split(&inputs, &bad, 1)
