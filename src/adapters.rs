@@ -1,6 +1,7 @@
 //! The adapter table: the one place where engine stage kinds meet the domain crate's functions.
 //! Each adapter declares inputs, outputs and params, and calls into `covseg_stages`.
 
+use covseg_stages::augmented;
 use covseg_stages::data::{kaggle, npy, phantom, split, stats};
 
 use crate::kind::{
@@ -11,7 +12,7 @@ use crate::registry::Registry;
 
 /// Every stage kind covseg knows.
 pub fn registry() -> Registry {
-    Registry::new(vec![&Synth, &Split, &Stats])
+    Registry::new(vec![&Synth, &Split, &AugmentCache, &Stats])
 }
 
 /// Kinds whose work is spread over all the threads the engine gives them.
@@ -188,6 +189,62 @@ fn write_json<T: serde::Serialize>(path: &std::path::Path, value: &T) -> Result<
         serde_json::to_string_pretty(value).map_err(|e| StageFailure::internal(e.to_string()))?;
     std::fs::write(path, text + "\n")
         .map_err(|e| StageFailure::internal(format!("{}: {e}", path.display())))
+}
+
+struct AugmentCache;
+
+const AUG_SHARDS: OutputSpec = OutputSpec {
+    name: "shards",
+    file: "shards",
+    about: "folder of images_NNNNN.npy (n,C,S,S) float32, labels_NNNNN.npy (n,S,S) uint8, index.json",
+};
+const AUG_PREVIEW: OutputSpec = OutputSpec {
+    name: "preview",
+    file: "preview.png",
+    about: "a grid of augmented slices with labels overlaid",
+};
+
+impl StageKind for AugmentCache {
+    fn spec(&self) -> &KindSpec {
+        const SPEC: KindSpec = KindSpec {
+            name: "augment-cache",
+            version: 1,
+            about: "K augmented copies of every training slice (rotation, flips, crop/scale, elastic, CLAHE, intensity), in shards",
+            inputs: &[
+                InputSpec {
+                    name: "images",
+                    required: true,
+                    about: "a split's train_images",
+                },
+                InputSpec {
+                    name: "labels",
+                    required: true,
+                    about: "a split's train_labels",
+                },
+            ],
+            outputs: &[AUG_SHARDS, AUG_PREVIEW],
+            uses_seed: true,
+            resources: ALL_CPUS,
+        };
+        &SPEC
+    }
+
+    fn params(&self, raw: &toml::Table) -> Result<serde_json::Value, ParamError> {
+        typed_params::<augmented::AugmentCacheConfig>(raw, |c| {
+            c.validate().map_err(|e| e.to_string())
+        })
+    }
+
+    fn run(&self, job: &StageJob<'_>) -> Result<(), StageFailure> {
+        let config: augmented::AugmentCacheConfig = job.config()?;
+        let images: ndarray::Array4<f32> = npy::read(job.required("images")?)?;
+        let labels: ndarray::Array3<u8> = npy::read(job.required("labels")?)?;
+        let dir = job.output(&AUG_SHARDS);
+        let index = augmented::build(&images, &labels, &config, job.seed, &dir, job.progress)?;
+        let picture = augmented::preview(&dir, &index, config.preview)?;
+        covseg_stages::render::save_png(&job.output(&AUG_PREVIEW), &picture)?;
+        Ok(())
+    }
 }
 
 struct Stats;

@@ -4,6 +4,7 @@ mod cache;
 mod cli;
 mod concurrency;
 mod config_errors;
+mod demo;
 mod kill;
 mod run;
 mod test;

@@ -1,0 +1,374 @@
+//! The geometric ops (rotation, crop/scale, flips, elastic) composed into one map from each output
+//! pixel to its source position, so image and labels are resampled once and always move together.
+
+use super::config::AugmentConfig;
+use super::elastic::ElasticField;
+use super::plan::Plan;
+
+/// An affine map of pixel coordinates (x right, y down, pixel centres at integers):
+/// (x, y) → (xx·x + xy·y + x0, yx·x + yy·y + y0).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct Affine {
+    pub xx: f64,
+    pub xy: f64,
+    pub x0: f64,
+    pub yx: f64,
+    pub yy: f64,
+    pub y0: f64,
+}
+
+impl Affine {
+    pub const IDENTITY: Self = Self {
+        xx: 1.0,
+        xy: 0.0,
+        x0: 0.0,
+        yx: 0.0,
+        yy: 1.0,
+        y0: 0.0,
+    };
+
+    pub fn apply(&self, x: f64, y: f64) -> (f64, f64) {
+        (
+            self.xx * x + self.xy * y + self.x0,
+            self.yx * x + self.yy * y + self.y0,
+        )
+    }
+
+    /// The map that applies `self` first, then `next`.
+    pub fn then(self, next: Self) -> Self {
+        Self {
+            xx: next.xx * self.xx + next.xy * self.yx,
+            xy: next.xx * self.xy + next.xy * self.yy,
+            x0: next.xx * self.x0 + next.xy * self.y0 + next.x0,
+            yx: next.yx * self.xx + next.yy * self.yx,
+            yy: next.yx * self.xy + next.yy * self.yy,
+            y0: next.yx * self.x0 + next.yy * self.y0 + next.y0,
+        }
+    }
+}
+
+/// Where each output pixel takes its value from: the source position of output pixel p is
+/// `source(p + d(p))` with d the elastic displacement (zero when elastic does not fire).
+pub(super) struct Geometry {
+    kind: Kind,
+    source: Affine,
+    elastic: Option<ElasticField>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    Identity,
+    /// Pure mirroring: a copy with reversed indices, exact and far cheaper than resampling.
+    Flips {
+        horizontal: bool,
+        vertical: bool,
+    },
+    Resample,
+}
+
+impl Geometry {
+    /// Composes the geometric ops that fire in `plan`. Seen from the output, the chain is undone
+    /// in reverse: the image is rotated about its centre, then zoomed about a shifted centre (the
+    /// crop), then mirrored, then elastically deformed; so an output pixel p samples the source at
+    /// rotate⁻¹(zoom⁻¹(flip(p + d(p)))).
+    pub fn new(plan: &Plan, config: &AugmentConfig, height: usize, width: usize) -> Self {
+        let (w, h) = (width as f64, height as f64);
+        let (cx, cy) = ((w - 1.0) / 2.0, (h - 1.0) / 2.0);
+
+        let flip = Affine {
+            xx: if plan.flip_horizontal { -1.0 } else { 1.0 },
+            x0: if plan.flip_horizontal { w - 1.0 } else { 0.0 },
+            yy: if plan.flip_vertical { -1.0 } else { 1.0 },
+            y0: if plan.flip_vertical { h - 1.0 } else { 0.0 },
+            ..Affine::IDENTITY
+        };
+        let crop = plan.crop_scale.map_or(Affine::IDENTITY, |c| {
+            // The window of the source that fills the output is 1/zoom of the image; its centre
+            // may move as far as keeps it inside the image (zoom > 1) or keeps the image inside it
+            // (zoom < 1).
+            let inv = 1.0 / c.zoom;
+            let play_x = (w - w * inv).abs() / 2.0;
+            let play_y = (h - h * inv).abs() / 2.0;
+            Affine {
+                xx: inv,
+                x0: cx - cx * inv + c.shift[0] * play_x,
+                yy: inv,
+                y0: cy - cy * inv + c.shift[1] * play_y,
+                ..Affine::IDENTITY
+            }
+        });
+        let rotation = plan.rotation.map_or(Affine::IDENTITY, |angle| {
+            let (sin, cos) = angle.sin_cos();
+            Affine {
+                xx: cos,
+                xy: -sin,
+                x0: cx - cos * cx + sin * cy,
+                yx: sin,
+                yy: cos,
+                y0: cy - sin * cx - cos * cy,
+            }
+        });
+        let elastic = plan.elastic.map(|seed| {
+            ElasticField::new(
+                height,
+                width,
+                config.elastic.alpha,
+                config.elastic.sigma,
+                seed,
+            )
+        });
+
+        let kind = if plan.rotation.is_some() || plan.crop_scale.is_some() || elastic.is_some() {
+            Kind::Resample
+        } else if plan.flip_horizontal || plan.flip_vertical {
+            Kind::Flips {
+                horizontal: plan.flip_horizontal,
+                vertical: plan.flip_vertical,
+            }
+        } else {
+            Kind::Identity
+        };
+        Self {
+            kind,
+            source: flip.then(crop).then(rotation),
+            elastic,
+        }
+    }
+
+    /// The source position of every pixel of output row `y`, into `sx` and `sy`.
+    fn source_row(&self, y: usize, sx: &mut [f32], sy: &mut [f32], scratch: &mut RowScratch) {
+        let a = &self.source;
+        match &self.elastic {
+            None => {
+                // Affine along a row: a start and a step, computed in f64 and rounded once.
+                let (bx, by) = (a.xy * y as f64 + a.x0, a.yy * y as f64 + a.y0);
+                let (xx, yx) = (a.xx as f32, a.yx as f32);
+                let (bx, by) = (bx as f32, by as f32);
+                for (x, (ox, oy)) in sx.iter_mut().zip(sy.iter_mut()).enumerate() {
+                    *ox = xx * x as f32 + bx;
+                    *oy = yx * x as f32 + by;
+                }
+            }
+            Some(field) => {
+                field.row(y, &mut scratch.dx, &mut scratch.dy, &mut scratch.grid);
+                let (xx, xy, x0) = (a.xx as f32, a.xy as f32, a.x0 as f32);
+                let (yx, yy, y0) = (a.yx as f32, a.yy as f32, a.y0 as f32);
+                let row = y as f32;
+                for (x, ((ox, oy), (&dx, &dy))) in sx
+                    .iter_mut()
+                    .zip(sy.iter_mut())
+                    .zip(scratch.dx.iter().zip(&scratch.dy))
+                    .enumerate()
+                {
+                    let (px, py) = (x as f32 + dx, row + dy);
+                    *ox = xx * px + xy * py + x0;
+                    *oy = yx * px + yy * py + y0;
+                }
+            }
+        }
+    }
+}
+
+struct RowScratch {
+    dx: Vec<f32>,
+    dy: Vec<f32>,
+    grid: Vec<f32>,
+}
+
+/// Resamples `image` (`channels` × `height` × `width`, row-major) bilinearly and `labels`
+/// (`height` × `width`) by nearest neighbour through `geometry`; positions outside the source
+/// read 0 for both.
+pub(super) fn warp(
+    image: &[f32],
+    labels: &[u8],
+    channels: usize,
+    height: usize,
+    width: usize,
+    geometry: &Geometry,
+) -> (Vec<f32>, Vec<u8>) {
+    match geometry.kind {
+        Kind::Identity => (image.to_vec(), labels.to_vec()),
+        Kind::Flips {
+            horizontal,
+            vertical,
+        } => (
+            mirror(image, height, width, horizontal, vertical),
+            mirror(labels, height, width, horizontal, vertical),
+        ),
+        Kind::Resample => resample(image, labels, channels, height, width, geometry),
+    }
+}
+
+/// Copies each `height` × `width` plane of `data` with reversed columns and/or rows.
+fn mirror<T: Copy + Default>(
+    data: &[T],
+    height: usize,
+    width: usize,
+    horizontal: bool,
+    vertical: bool,
+) -> Vec<T> {
+    let mut out = vec![T::default(); data.len()];
+    if width == 0 || height == 0 {
+        return out;
+    }
+    for (src, dst) in data
+        .chunks_exact(height * width)
+        .zip(out.chunks_exact_mut(height * width))
+    {
+        for (y, dst_row) in dst.chunks_exact_mut(width).enumerate() {
+            let sy = if vertical { height - 1 - y } else { y };
+            let src_row = &src[sy * width..(sy + 1) * width];
+            if horizontal {
+                for (d, s) in dst_row.iter_mut().zip(src_row.iter().rev()) {
+                    *d = *s;
+                }
+            } else {
+                dst_row.copy_from_slice(src_row);
+            }
+        }
+    }
+    out
+}
+
+/// The integer part and fractions of one source position, shared by every channel and the labels.
+#[derive(Debug, Clone, Copy, Default)]
+struct Tap {
+    x: i32,
+    y: i32,
+    tx: f32,
+    ty: f32,
+}
+
+fn resample(
+    image: &[f32],
+    labels: &[u8],
+    channels: usize,
+    height: usize,
+    width: usize,
+    geometry: &Geometry,
+) -> (Vec<f32>, Vec<u8>) {
+    let plane = height * width;
+    let mut out = vec![0.0f32; channels * plane];
+    let mut out_labels = vec![0u8; plane];
+    if plane == 0 {
+        return (out, out_labels);
+    }
+    let (mut sx, mut sy) = (vec![0.0f32; width], vec![0.0f32; width]);
+    let mut taps = vec![Tap::default(); width];
+    let mut scratch = RowScratch {
+        dx: vec![0.0; width],
+        dy: vec![0.0; width],
+        grid: Vec::new(),
+    };
+    let (w, h) = (width as i32, height as i32);
+
+    for y in 0..height {
+        geometry.source_row(y, &mut sx, &mut sy, &mut scratch);
+        for ((tap, &px), &py) in taps.iter_mut().zip(&sx).zip(&sy) {
+            let (x0, y0) = (floor(px), floor(py));
+            *tap = Tap {
+                x: x0,
+                y: y0,
+                tx: px - x0 as f32,
+                ty: py - y0 as f32,
+            };
+        }
+
+        let row = y * width..(y + 1) * width;
+        for (label, tap) in out_labels[row.clone()].iter_mut().zip(&taps) {
+            // Nearest neighbour: round half up, the same cell the bilinear weights favour.
+            let nx = tap.x + i32::from(tap.tx >= 0.5);
+            let ny = tap.y + i32::from(tap.ty >= 0.5);
+            if (0..w).contains(&nx) && (0..h).contains(&ny) {
+                *label = labels[ny as usize * width + nx as usize];
+            }
+        }
+        for c in 0..channels {
+            let src = &image[c * plane..(c + 1) * plane];
+            let dst = &mut out[c * plane + row.start..c * plane + row.end];
+            for (v, tap) in dst.iter_mut().zip(&taps) {
+                *v = bilinear(src, width, height, tap);
+            }
+        }
+    }
+    (out, out_labels)
+}
+
+/// Rounds towards −∞ without a libm call (which `f32::floor` is on baseline x86-64); saturates
+/// far outside the image, which reads 0 anyway.
+fn floor(v: f32) -> i32 {
+    let t = v as i32;
+    t - i32::from((t as f32) > v)
+}
+
+fn bilinear(src: &[f32], width: usize, height: usize, tap: &Tap) -> f32 {
+    let (x, y) = (tap.x, tap.y);
+    let (w, h) = (width as i32, height as i32);
+    if x >= 0 && y >= 0 && x + 1 < w && y + 1 < h {
+        let i = y as usize * width + x as usize;
+        let (a, b) = (src[i], src[i + 1]);
+        let (c, d) = (src[i + width], src[i + width + 1]);
+        let top = a + (b - a) * tap.tx;
+        let bottom = c + (d - c) * tap.tx;
+        top + (bottom - top) * tap.ty
+    } else if x < -1 || y < -1 || x >= w || y >= h {
+        0.0
+    } else {
+        // On the border: the neighbours outside the image count as 0.
+        let at = |px: i32, py: i32| {
+            if (0..w).contains(&px) && (0..h).contains(&py) {
+                src[py as usize * width + px as usize]
+            } else {
+                0.0
+            }
+        };
+        let top = at(x, y) + (at(x + 1, y) - at(x, y)) * tap.tx;
+        let bottom = at(x, y + 1) + (at(x + 1, y + 1) - at(x, y + 1)) * tap.tx;
+        top + (bottom - top) * tap.ty
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn affine_composition_applies_in_order() {
+        let shift = Affine {
+            x0: 3.0,
+            ..Affine::IDENTITY
+        };
+        let double = Affine {
+            xx: 2.0,
+            yy: 2.0,
+            ..Affine::IDENTITY
+        };
+        assert_eq!(shift.then(double).apply(1.0, 1.0), (8.0, 2.0));
+        assert_eq!(double.then(shift).apply(1.0, 1.0), (5.0, 2.0));
+    }
+
+    #[test]
+    fn floor_rounds_down_for_negatives() {
+        for v in [-2.5f32, -1.0, -0.25, 0.0, 0.75, 3.0, 511.999] {
+            assert_eq!(floor(v), v.floor() as i32, "{v}");
+        }
+    }
+
+    #[test]
+    fn bilinear_is_exact_on_pixels_and_fades_to_zero_outside() {
+        let src = [1.0f32, 2.0, 3.0, 4.0];
+        let tap = |x, y, tx, ty| Tap { x, y, tx, ty };
+        assert_eq!(bilinear(&src, 2, 2, &tap(1, 1, 0.0, 0.0)), 4.0);
+        assert_eq!(bilinear(&src, 2, 2, &tap(0, 0, 0.5, 0.5)), 2.5);
+        assert_eq!(bilinear(&src, 2, 2, &tap(1, 0, 0.5, 0.0)), 1.0);
+        assert_eq!(bilinear(&src, 2, 2, &tap(-3, 0, 0.5, 0.0)), 0.0);
+    }
+
+    #[test]
+    fn mirror_reverses_planes() {
+        let data = [1, 2, 3, 4, 5, 6];
+        assert_eq!(mirror(&data, 2, 3, true, false), [3, 2, 1, 6, 5, 4]);
+        assert_eq!(mirror(&data, 2, 3, false, true), [4, 5, 6, 1, 2, 3]);
+        assert_eq!(mirror(&data, 1, 3, true, true), [3, 2, 1, 6, 5, 4]);
+    }
+}
