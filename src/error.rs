@@ -79,11 +79,10 @@ pub enum Error {
     /// A cache file is not what covseg wrote (edited by hand or damaged).
     #[error("{}: {message}", path.display())]
     Corrupt { path: PathBuf, message: String },
-    /// One or more stages failed; the run record says which.
-    #[error("{failed} stage(s) failed: {names}")]
+    /// One or more stages failed: (stage, why) each; the run record keeps them too.
+    #[error("{}", failures_text(failures))]
     StagesFailed {
-        failed: usize,
-        names: String,
+        failures: Vec<(String, String)>,
         input_error: bool,
     },
     /// `cache verify` found damaged entries.
@@ -122,5 +121,18 @@ impl Error {
 impl From<Diagnostic> for Error {
     fn from(d: Diagnostic) -> Self {
         Self::Invalid(d)
+    }
+}
+
+fn failures_text(failures: &[(String, String)]) -> String {
+    match failures {
+        [(stage, why)] => format!("stage `{stage}` failed: {why}"),
+        many => {
+            let lines: Vec<String> = many
+                .iter()
+                .map(|(stage, why)| format!("  {stage}: {why}"))
+                .collect();
+            format!("{} stages failed:\n{}", many.len(), lines.join("\n"))
+        }
     }
 }

@@ -99,8 +99,7 @@ pub fn exec(
             std::fs::rename(&from, &to).map_err(|e| Error::io(&to, e))
         }),
         Err(f) => Err(Error::StagesFailed {
-            failed: 1,
-            names: format!("{} ({})", spec.name, f.message),
+            failures: vec![(spec.name.to_owned(), f.message)],
             input_error: f.input_error,
         }),
     };

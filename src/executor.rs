@@ -173,15 +173,14 @@ pub fn run(
     if record.success {
         return Ok(record);
     }
-    let failed: Vec<&str> = record
+    let failures = record
         .stages
         .iter()
         .filter(|s| s.outcome == StageOutcome::Failed)
-        .map(|s| s.name.as_str())
+        .map(|s| (s.name.clone(), s.error.clone().unwrap_or_default()))
         .collect();
     Err(Error::StagesFailed {
-        failed: failed.len(),
-        names: failed.join(", "),
+        failures,
         input_error: any_input_error,
     })
 }

@@ -1,5 +1,6 @@
 //! The integration tests: each file drives the real `covseg` binary in a temporary folder.
 
+mod bad_data;
 mod cache;
 mod cli;
 mod concurrency;

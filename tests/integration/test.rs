@@ -231,3 +231,25 @@ params = {{ {split_params} }}
 "#
     )
 }
+
+/// Writes a little-endian float64 `.npy` by hand, for feeding covseg broken data.
+pub fn write_f64_npy(path: &Path, shape: &[usize], values: &[f64]) {
+    let dims: Vec<String> = shape.iter().map(ToString::to_string).collect();
+    let shape_text = if dims.len() == 1 {
+        format!("({},)", dims[0])
+    } else {
+        format!("({})", dims.join(", "))
+    };
+    let mut header = format!("{{'descr': '<f8', 'fortran_order': False, 'shape': {shape_text}, }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    for v in values {
+        bytes.extend_from_slice(&v.to_le_bytes());
+    }
+    std::fs::write(path, bytes).unwrap();
+}
