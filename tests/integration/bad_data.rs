@@ -66,5 +66,8 @@ fn empty_image_folder() {
         .file("ds/images/2.png", "not an image")
         .file("ds/masks/2.png", "not a mask");
     let err = failing(&mut t);
-    assert!(err.contains("ds/images/1.png: cannot decode the image"), "{err}");
+    assert!(
+        err.contains("ds/images/1.png: cannot decode the image"),
+        "{err}"
+    );
 }

@@ -7,5 +7,6 @@ mod concurrency;
 mod config_errors;
 mod demo;
 mod kill;
+mod params_from;
 mod run;
 mod test;
