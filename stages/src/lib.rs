@@ -5,6 +5,7 @@ pub mod augment;
 pub mod augmented;
 pub mod data;
 pub mod error;
+pub mod metrics;
 pub mod progress;
 pub mod render;
 

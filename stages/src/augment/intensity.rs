@@ -65,15 +65,18 @@ fn pow01(x: f32, g: f32) -> f32 {
     let log2 = e as f32 + 2.0 * t * series * std::f32::consts::LOG2_E;
 
     // 2^y for y ≤ 0 = 2^n · 2^f with n the nearest integer and |f| ≤ ½; below 2^-126 the
-    // result is 0 for all practical purposes.
+    // result is 0 for all practical purposes. Adding 1.5·2^23 rounds y to an integer held in the
+    // low mantissa bits: a float-to-int `as` would saturate and check for NaN lane by lane.
+    const ROUND: f32 = 12_582_912.0;
     let y = (g * log2).clamp(-126.0, 0.0);
-    let n = -((0.5 - y) as i32);
-    let z = (y - n as f32) * std::f32::consts::LN_2;
+    let rounded = y + ROUND;
+    let n = rounded.to_bits().wrapping_sub(ROUND.to_bits());
+    let z = (y - (rounded - ROUND)) * std::f32::consts::LN_2;
     let exp = 1.0
         + z * (1.0
             + z * (1.0 / 2.0
                 + z * (1.0 / 6.0 + z * (1.0 / 24.0 + z * (1.0 / 120.0 + z * (1.0 / 720.0))))));
-    let scale = f32::from_bits(((n + 127) as u32) << 23);
+    let scale = f32::from_bits(n.wrapping_add(127) << 23);
     if x > 0.0 { exp * scale } else { 0.0 }
 }
 
