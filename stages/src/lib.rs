@@ -6,6 +6,7 @@ pub mod augmented;
 pub mod data;
 pub mod error;
 pub mod metrics;
+pub mod plot;
 pub mod progress;
 pub mod render;
 

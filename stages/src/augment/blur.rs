@@ -39,8 +39,11 @@ pub(super) fn blur(
         .chunks_exact(width)
         .zip(scratch.chunks_exact_mut(width))
     {
-        for (i, p) in padded.iter_mut().enumerate() {
-            *p = row[reflect101(i as isize - radius as isize, width)];
+        // Only the margins need mirroring; an index fold per pixel would cost more than the blur.
+        padded[radius..radius + width].copy_from_slice(row);
+        for i in 0..radius {
+            padded[radius - 1 - i] = row[reflect101(-1 - i as isize, width)];
+            padded[radius + width + i] = row[reflect101((width + i) as isize, width)];
         }
         for (k, &w) in kernel.iter().enumerate() {
             for (o, &v) in out.iter_mut().zip(&padded[k..k + width]) {
