@@ -150,6 +150,7 @@ pub fn gc(store: &ArtifactStore, keep_last: usize, dry_run: bool) -> Result<Stri
             std::fs::remove_file(path).map_err(|e| Error::io(path, e))?;
         }
         store.clean_tmp()?;
+        store.clean_work()?;
         // With every run excluded by the gc lock, lock files of keys without an entry are unused.
         let locks = store.root().join("locks");
         for item in std::fs::read_dir(&locks).into_iter().flatten().flatten() {

@@ -85,11 +85,14 @@ pub fn exec(
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let staging = out.join(format!(".covseg-exec.{}", std::process::id()));
     std::fs::create_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
+    let work = staging.join(".work");
+    std::fs::create_dir_all(&work).map_err(|e| Error::io(&work, e))?;
     let job = StageJob {
         inputs: resolved,
         params: &params,
         seed,
         out_dir: &staging,
+        work_dir: &work,
         progress: &covseg_stages::NoProgress,
     };
     let result = kind.run(&job);

@@ -264,12 +264,14 @@ fn execute(
     info!(stage = %stage.name, key = %key.short(), "running");
     let staging = store.stage(&key, &lock)?;
     let out_dir = staging.out_dir();
+    let work_dir = store.work_dir(&key, &lock)?;
     let progress = ui.stage_progress(&stage.name);
     let job = StageJob {
         inputs: resolved.inputs.clone(),
         params: &resolved.parts.params,
         seed: pipeline.seed,
         out_dir: &out_dir,
+        work_dir: &work_dir,
         progress: &progress,
     };
     let started = Instant::now();
@@ -318,6 +320,7 @@ fn execute(
         seconds,
     };
     let entry = store.publish(staging, &outputs, record)?;
+    store.drop_work_dir(&key);
     info!(stage = %stage.name, key = %key.short(), seconds = format!("{seconds:.2}"), "done");
     drop(lock);
     Ok((entry, StageOutcome::Ran))

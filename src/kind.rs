@@ -56,6 +56,9 @@ pub struct StageJob<'a> {
     pub params: &'a serde_json::Value,
     pub seed: u64,
     pub out_dir: &'a Path,
+    /// A folder that survives a killed run of the same key (checkpoints to resume from); removed
+    /// once the result is published.
+    pub work_dir: &'a Path,
     pub progress: &'a dyn covseg_stages::Progress,
 }
 

@@ -6,6 +6,7 @@
 //! cache/objects/<key>/entry.json   what made the entry and the digest of every output file
 //! cache/objects/<key>/out/…        the outputs
 //! cache/tmp/<key>.<pid>.<n>/       outputs being written
+//! cache/work/<key>/                a stage's resumable scratch (checkpoints), kept across kills
 //! cache/locks/<key>.lock           one OS lock per key: one writer at a time, across processes
 //! cache/runs/<time>-<pid>.json     one record per run, written last
 //! cache/gc.lock                    runs hold it shared, gc exclusive
@@ -120,7 +121,7 @@ impl ArtifactStore {
     /// Opens the store, creating its folders when `create` is set.
     pub fn open(root: &Path, create: bool) -> Result<Self> {
         if create {
-            for sub in ["objects", "tmp", "locks", "runs"] {
+            for sub in ["objects", "tmp", "locks", "runs", "work"] {
                 let dir = root.join(sub);
                 std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
             }
@@ -248,6 +249,19 @@ impl ArtifactStore {
             }
         }
         Ok(())
+    }
+
+    /// The resumable scratch folder of a key, created on demand. Only the holder of the key's
+    /// lock uses it, so a run that was killed leaves it for the next one to resume from.
+    pub fn work_dir(&self, key: &Digest, _lock: &KeyLock) -> Result<PathBuf> {
+        let dir = self.root.join("work").join(key.hex());
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        Ok(dir)
+    }
+
+    /// Drops a key's scratch folder once its result is published.
+    pub fn drop_work_dir(&self, key: &Digest) {
+        let _ = std::fs::remove_dir_all(self.root.join("work").join(key.hex()));
     }
 
     /// Digests and syncs what the stage wrote, writes `entry.json`, and moves the folder into place.
@@ -398,6 +412,18 @@ impl ArtifactStore {
             .join(format!("{name}.removed.{}", std::process::id()));
         std::fs::rename(dir, &trash).map_err(|e| Error::io(dir, e))?;
         std::fs::remove_dir_all(&trash).map_err(|e| Error::io(&trash, e))
+    }
+
+    /// Removes scratch folders of keys no run holds; gc calls it with every run excluded.
+    pub fn clean_work(&self) -> Result<usize> {
+        let work = self.root.join("work");
+        let mut removed = 0;
+        for item in std::fs::read_dir(&work).into_iter().flatten().flatten() {
+            let path = item.path();
+            std::fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
+            removed += 1;
+        }
+        Ok(removed)
     }
 
     /// Removes staging debris no live process owns (its key lock is free); returns how many.

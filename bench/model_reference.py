@@ -1,0 +1,81 @@
+#!/usr/bin/env python3
+"""The PyTorch reference for covseg's model benchmark: segmentation_models_pytorch's
+Unet("efficientnet-b0", encoder_weights=None, in_channels=1, classes=2) on the CPU.
+
+Measures training images/s (batch 4: forward, BCE + soft Dice, backward, AdamW step) and inference
+images/s (batch 1, no grad, eval mode) at 512x512 and 256x256, and the process's peak memory.
+Prints one JSON object per measurement. Fair protocol (see bench/model.sh): torch.set_num_threads
+equal to the cores used by covseg, and MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ raised so
+glibc does not unmap large tensors at every step.
+
+Versions used for the published numbers: torch 2.15.0 (CPU), segmentation_models_pytorch 0.6.0.
+"""
+import argparse
+import json
+import resource
+import time
+
+import torch
+import segmentation_models_pytorch as smp
+
+
+def loss_fn(logits, target):
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+    p = torch.sigmoid(logits)
+    inter = (p * target).sum(dim=(0, 2, 3))
+    dice = 1 - (2 * inter + 1) / (p.sum(dim=(0, 2, 3)) + target.sum(dim=(0, 2, 3)) + 1)
+    return bce + dice.mean()
+
+
+def peak_mib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bench(size, batch, train, steps, warmup, model):
+    x = torch.randn(batch, 1, size, size)
+    y = (torch.rand(batch, 2, size, size) > 0.9).float()
+    if train:
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    else:
+        model.eval()
+
+    def step():
+        if train:
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            opt.step()
+        else:
+            with torch.inference_mode():
+                model(x)
+
+    for _ in range(warmup):
+        step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    elapsed = time.perf_counter() - start
+    return steps * batch / elapsed
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[512, 256])
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = smp.Unet("efficientnet-b0", encoder_weights=None, in_channels=1, classes=2)
+    for size in args.sizes:
+        for train, batch in ((True, 4), (False, 1)):
+            ips = bench(size, batch, train, args.steps, args.warmup, model)
+            print(json.dumps({"tool": "pytorch", "mode": "train" if train else "infer", "size": size,
+                              "batch": batch, "images_per_s": round(ips, 3), "peak_mib": round(peak_mib(), 1)}),
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
