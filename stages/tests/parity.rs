@@ -15,8 +15,9 @@ use covseg_stages::model::{
 /// below the smallest error any real bug (padding, eps, skip index) produced.
 const RELATIVE_TOLERANCE: f32 = 1e-4;
 
-/// The fixtures folder, or `None` (with a message) when `../shared` is not beside the checkout.
-fn fixtures() -> Option<PathBuf> {
+/// The fixtures folder, or `None` (with a message naming `test`) when `../shared` is not beside
+/// the checkout.
+fn fixtures(test: &str) -> Option<PathBuf> {
     let shared = std::env::var_os("COVSEG_SHARED")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared")));
@@ -25,7 +26,7 @@ fn fixtures() -> Option<PathBuf> {
         Some(dir)
     } else {
         eprintln!(
-            "skipped: no reference fixtures at {} (set COVSEG_SHARED to the shared folder)",
+            "skipped {test}: no reference fixtures at {} (set COVSEG_SHARED to the shared folder)",
             dir.display()
         );
         None
@@ -123,7 +124,9 @@ fn argmax(logits: &Tensor<2>) -> usize {
 
 #[test]
 fn torchvision_efficientnet_b0_matches_pytorch() {
-    let Some(fixtures) = fixtures() else { return };
+    let Some(fixtures) = fixtures("torchvision_efficientnet_b0_matches_pytorch") else {
+        return;
+    };
     let dir = fixtures.join("torchvision_effb0");
     let device = Device::flex();
     let model = EfficientNetConfig::new(EfficientNetVariant::B0, Flavour::Torchvision)
@@ -162,7 +165,9 @@ fn smp_unet_config() -> UnetConfig {
 
 #[test]
 fn smp_unet_efficientnet_b0_matches_pytorch() {
-    let Some(fixtures) = fixtures() else { return };
+    let Some(fixtures) = fixtures("smp_unet_efficientnet_b0_matches_pytorch") else {
+        return;
+    };
     let dir = fixtures.join("smp_unet_effb0");
     let device = Device::flex();
     let model = smp_unet_config()
@@ -202,7 +207,9 @@ fn smp_unet_efficientnet_b0_matches_pytorch() {
 /// (symmetric padding, BN eps 1e-5) miss the stem by far more than 1e-4.
 #[test]
 fn wrong_flavour_is_far_out_of_tolerance() {
-    let Some(fixtures) = fixtures() else { return };
+    let Some(fixtures) = fixtures("wrong_flavour_is_far_out_of_tolerance") else {
+        return;
+    };
     let dir = fixtures.join("smp_unet_effb0");
     let device = Device::flex();
     let config = UnetConfig {
@@ -224,7 +231,9 @@ fn wrong_flavour_is_far_out_of_tolerance() {
 
 #[test]
 fn efficientnet_lite0_matches_the_tf_faithful_reference() {
-    let Some(fixtures) = fixtures() else { return };
+    let Some(fixtures) = fixtures("efficientnet_lite0_matches_the_tf_faithful_reference") else {
+        return;
+    };
     let dir = fixtures.join("effnet_lite0");
     let device = Device::flex();
     let model = EfficientNetConfig::new(EfficientNetVariant::Lite0, Flavour::Tf)
@@ -265,7 +274,10 @@ fn efficientnet_lite0_matches_the_tf_faithful_reference() {
 /// 1/8 and 1/32 are torchvision's stage outputs (1/16 is block 8, which torchvision does not store).
 #[test]
 fn unet_encoder_from_torchvision_checkpoint_matches_pytorch() {
-    let Some(fixtures) = fixtures() else { return };
+    let Some(fixtures) = fixtures("unet_encoder_from_torchvision_checkpoint_matches_pytorch")
+    else {
+        return;
+    };
     let dir = fixtures.join("torchvision_effb0");
     let device = Device::flex();
     let config = UnetConfig {
@@ -294,7 +306,9 @@ fn unet_encoder_from_torchvision_checkpoint_matches_pytorch() {
 /// network sees that image replicated on three channels.
 #[test]
 fn grey_stem_equals_replicated_rgb_input() {
-    let Some(fixtures) = fixtures() else { return };
+    let Some(fixtures) = fixtures("grey_stem_equals_replicated_rgb_input") else {
+        return;
+    };
     let weights = fixtures.join("torchvision_effb0/effb0_random.safetensors");
     let device = Device::flex();
     let load = |in_channels: usize| {
@@ -323,7 +337,9 @@ fn grey_stem_equals_replicated_rgb_input() {
 
 #[test]
 fn loading_reports_the_tensor_and_shapes_that_do_not_fit() {
-    let Some(fixtures) = fixtures() else { return };
+    let Some(fixtures) = fixtures("loading_reports_the_tensor_and_shapes_that_do_not_fit") else {
+        return;
+    };
     let weights = fixtures.join("smp_unet_effb0/smp_unet_effb0_random.safetensors");
     let device = Device::flex();
     let four_classes = UnetConfig {
