@@ -7,8 +7,8 @@ use burn::store::{ModuleStore, SafetensorsStore, bridge};
 use burn::tensor::{Device, Tensor, TensorData};
 use covseg_stages::Error;
 use covseg_stages::model::{
-    EfficientNetConfig, EfficientNetVariant, Flavour, STAGE_LAST_BLOCKS, StateDictLayout,
-    UnetConfig,
+    EfficientNetConfig, EfficientNetVariant, EncoderKind, Flavour, STAGE_LAST_BLOCKS,
+    StateDictLayout, UnetConfig,
 };
 
 /// The tolerance of fixtures/README.md: 15–100x the measured float32 rounding noise, and 10x
@@ -300,6 +300,37 @@ fn unet_encoder_from_torchvision_checkpoint_matches_pytorch() {
         parity.check(&mut reference, stage, &features[feature]);
     }
     parity.finish("U-Net encoder from torchvision efficientnet_b0");
+}
+
+/// A U-Net takes its encoder from the Lite0 ImageNet checkpoint: its features are the stem and
+/// the ends of stages 2, 3, 5 and 7, on the non-square 64x96 input.
+#[test]
+fn unet_encoder_from_lite0_checkpoint_matches_the_reference() {
+    let Some(fixtures) = fixtures("unet_encoder_from_lite0_checkpoint_matches_the_reference")
+    else {
+        return;
+    };
+    let dir = fixtures.join("effnet_lite0");
+    let device = Device::flex();
+    let config = UnetConfig {
+        encoder: EncoderKind::EfficientNetLite0,
+        in_channels: 3,
+        ..UnetConfig::default()
+    };
+    let model = config
+        .init(&device)
+        .expect("valid config")
+        .load_encoder(dir.join("weights.safetensors"), StateDictLayout::Lukemelas)
+        .expect("load Lite0 encoder");
+    let mut reference = Reference::open(dir.join("parity.safetensors"));
+    let trace = model.trace(reference.input("x64x96_input", &device));
+    let mut parity = Parity::default();
+    let stages = ["stem", "stage2", "stage3", "stage5", "stage7"];
+    for (feature, stage) in trace.features[1..].iter().zip(stages) {
+        parity.check(&mut reference, &format!("x64x96_{stage}"), feature);
+    }
+    assert_eq!(trace.logits.dims(), [1, 2, 64, 96]);
+    parity.finish("U-Net encoder from the Lite0 checkpoint");
 }
 
 /// A one-channel network loaded from RGB weights must see a grey image exactly as the RGB

@@ -202,9 +202,10 @@ impl ModuleAdapter for GreyStem {
     }
 }
 
-/// Loads `path` into `module` under `renames`; `grey_stem` when the network takes one channel. Every parameter under one of `required` (Burn
-/// prefixes) must be found with its exact shape; tensors of the file that nothing asks for
-/// (`num_batches_tracked`, a classifier head, blocks a shallow encoder lacks) are ignored.
+/// Loads `path` into `module` under `renames` (`grey_stem` when the network takes one channel).
+/// Every parameter under one of `required` (Burn prefixes) must be found with its exact shape;
+/// tensors of the file that nothing asks for (`num_batches_tracked`, a classifier head, blocks a
+/// shallow encoder lacks) are ignored.
 fn load<M: Module>(
     mut module: M,
     path: &Path,
