@@ -30,6 +30,8 @@ pub enum Flavour {
     /// TensorFlow's `SAME` padding, computed per input size (asymmetric, extra row and column at
     /// the bottom/right, on stride-2 layers of even size), BatchNorm eps 1e-3 and momentum 0.01:
     /// the original TF checkpoints, SMP's `efficientnet-b0` encoder and the Lite0 checkpoint.
+    /// (SMP pads with a table computed for 224x224, which equals this on the sizes it accepts,
+    /// multiples of 32; on other sizes only the per-size rule is right.)
     #[serde(rename = "tf")]
     Tf,
     /// Symmetric `k/2` padding, BatchNorm eps 1e-5 and momentum 0.1: torchvision's models.

@@ -186,7 +186,7 @@ impl EfficientNetConfig {
             bn_epsilon: self.flavour.bn_epsilon(),
             bn_momentum: self.flavour.bn_momentum(),
             activation: self.variant.activation(),
-            ..ConvBnActConfig::new(320, HEAD_CHANNELS, 1)
+            ..ConvBnActConfig::new(STAGES[STAGES.len() - 1].out_channels, HEAD_CHANNELS, 1)
         }
         .init(device);
         EfficientNet {

@@ -6,8 +6,10 @@
 //! uses (and updates) batch statistics, and stochastic depth drops branches, only when the
 //! tensors live on an autodiff device (`device.autodiff()`) *and* the module has not been put
 //! in validation mode with `Module::valid()`; otherwise BatchNorm uses its running statistics.
-//! One difference from PyTorch: Burn updates `running_var` with the biased batch variance, where
-//! PyTorch uses the unbiased one (a factor n/(n-1), negligible for the batch·H·W of a slice).
+//! Burn keeps running-statistics updates per thread and merges them on `value_sync()` or
+//! `valid()`, so read them through those. One difference from PyTorch: Burn updates
+//! `running_var` with the biased batch variance, where PyTorch uses the unbiased one (a factor
+//! n/(n-1), negligible for the batch·H·W of a slice).
 
 mod blocks;
 mod config;
