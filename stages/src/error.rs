@@ -20,6 +20,17 @@ pub enum Error {
     /// The data is readable but not what the stage needs (shape, dtype, count, values).
     #[error("{}: {message}", path.display())]
     InvalidData { path: PathBuf, message: String },
+    /// A weights file cannot be read, or does not fit the network (missing tensors, wrong layout).
+    #[error("{}: {message}", path.display())]
+    Weights { path: PathBuf, message: String },
+    /// A tensor of a weights file has another shape than the parameter it loads into.
+    #[error("{}: tensor {tensor}: the network expects shape {expected:?}, the file has {found:?}", path.display())]
+    WeightShape {
+        path: PathBuf,
+        tensor: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
     /// A parameter is out of its range.
     #[error("params.{field}: {message}")]
     InvalidParam {
@@ -55,7 +66,11 @@ impl Error {
     pub fn is_input_error(&self) -> bool {
         matches!(
             self,
-            Self::InvalidData { .. } | Self::InvalidParam { .. } | Self::Npy { .. }
+            Self::InvalidData { .. }
+                | Self::InvalidParam { .. }
+                | Self::Npy { .. }
+                | Self::Weights { .. }
+                | Self::WeightShape { .. }
         )
     }
 }

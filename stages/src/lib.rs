@@ -1,11 +1,12 @@
-//! The CT domain of covseg: data readers and writers, synthetic phantoms, splits, and (in later
-//! modules) augmentation, model, training, metrics and submission. Nothing here knows about caching.
+//! The CT domain of covseg: data readers and writers, synthetic phantoms, splits, augmentation, the
+//! U-Net model, metrics and plots (training and submission to come). Nothing here knows about caching.
 
 pub mod augment;
 pub mod augmented;
 pub mod data;
 pub mod error;
 pub mod metrics;
+pub mod model;
 pub mod plot;
 pub mod progress;
 pub mod render;
