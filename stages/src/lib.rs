@@ -6,6 +6,7 @@ pub mod augmented;
 pub mod data;
 pub mod error;
 pub mod metrics;
+#[cfg(feature = "model")]
 pub mod model;
 pub mod plot;
 pub mod progress;
