@@ -11,6 +11,8 @@ pub mod model;
 pub mod plot;
 pub mod progress;
 pub mod render;
+#[cfg(feature = "model")]
+pub mod training;
 
 pub use error::{Error, Result};
 pub use progress::{NoProgress, Progress};

@@ -1,0 +1,136 @@
+//! Which Burn device training runs on. GPU backends exist only in builds with the `wgpu` or
+//! `cuda` feature; `auto` takes a real GPU when one answers, else the CPU, and says which.
+
+use burn::tensor::Device;
+
+use super::config::DeviceChoice;
+use crate::{Error, Result};
+
+/// The chosen device and how to name it in logs and metrics.
+#[derive(Debug, Clone)]
+pub struct TrainDevice {
+    pub device: Device,
+    /// `cpu (flex)`, `cuda:0`, `wgpu (discrete GPU 0)`.
+    pub name: String,
+    pub gpu: bool,
+}
+
+impl TrainDevice {
+    fn cpu() -> Self {
+        Self {
+            device: Device::flex(),
+            name: "cpu (flex)".into(),
+            gpu: false,
+        }
+    }
+}
+
+/// Resolves the user's choice. A GPU named explicitly but not compiled in is a param error that
+/// says how to build covseg with it.
+pub fn select(choice: DeviceChoice) -> Result<TrainDevice> {
+    match choice {
+        DeviceChoice::Cpu => Ok(TrainDevice::cpu()),
+        DeviceChoice::Cuda => cuda().ok_or_else(|| unavailable("cuda")),
+        DeviceChoice::Wgpu => wgpu().ok_or_else(|| unavailable("wgpu")),
+        DeviceChoice::Auto => Ok(cuda().or_else(wgpu).unwrap_or_else(TrainDevice::cpu)),
+    }
+}
+
+/// Rejects a GPU backend this build lacks, before anything runs (params validation).
+pub fn check_compiled(choice: DeviceChoice) -> Result<()> {
+    match choice {
+        DeviceChoice::Cuda if !cfg!(feature = "cuda") => Err(unavailable("cuda")),
+        DeviceChoice::Wgpu if !cfg!(feature = "wgpu") => Err(unavailable("wgpu")),
+        _ => Ok(()),
+    }
+}
+
+fn unavailable(backend: &str) -> Error {
+    let built = if cfg!(feature = "wgpu") && backend == "wgpu"
+        || cfg!(feature = "cuda") && backend == "cuda"
+    {
+        format!("covseg was built with `{backend}` but found no usable GPU through it")
+    } else {
+        format!(
+            "this covseg was built without the `{backend}` backend; rebuild with \
+             `cargo build --release --features covseg-stages/{backend}`"
+        )
+    };
+    Error::invalid_param(
+        "device",
+        format!("{built}, or use device = \"cpu\" or \"auto\""),
+    )
+}
+
+/// Runs a tiny sum on `device`; a backend that cannot start panics inside Burn, which is caught
+/// here so `auto` can fall back to the CPU. A wrong sum (a broken adapter) also rejects it.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+fn answers(device: &Device) -> bool {
+    use burn::tensor::Tensor;
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        Tensor::<1>::ones([64], device).sum().into_scalar::<f32>()
+    }))
+    .is_ok_and(|sum| sum == 64.0)
+}
+
+#[cfg(feature = "cuda")]
+fn cuda() -> Option<TrainDevice> {
+    // Without the driver's device node there is nothing to probe; probing would only panic.
+    if !std::path::Path::new("/dev/nvidiactl").exists() {
+        return None;
+    }
+    let device = Device::cuda(0);
+    answers(&device).then(|| TrainDevice {
+        device,
+        name: "cuda:0".into(),
+        gpu: true,
+    })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda() -> Option<TrainDevice> {
+    None
+}
+
+/// Only a *discrete* GPU: wgpu's default pick may be a software rasteriser (llvmpipe), which
+/// runs on the CPU, slower than flex, and has computed wrong results.
+#[cfg(feature = "wgpu")]
+fn wgpu() -> Option<TrainDevice> {
+    let device = Device::wgpu(burn::tensor::DeviceKind::DiscreteGpu(0));
+    answers(&device).then(|| TrainDevice {
+        device,
+        name: "wgpu (discrete GPU 0)".into(),
+        gpu: true,
+    })
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn wgpu() -> Option<TrainDevice> {
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_is_flex_and_auto_without_gpu_features_is_cpu() {
+        let cpu = select(DeviceChoice::Cpu).unwrap();
+        assert!(!cpu.gpu);
+        assert_eq!(cpu.name, "cpu (flex)");
+        if !cfg!(any(feature = "wgpu", feature = "cuda")) {
+            assert!(!select(DeviceChoice::Auto).unwrap().gpu);
+        }
+    }
+
+    #[test]
+    #[cfg(not(feature = "cuda"))]
+    fn a_gpu_not_compiled_in_says_how_to_build_it() {
+        let message = select(DeviceChoice::Cuda).unwrap_err().to_string();
+        assert!(message.starts_with("params.device"), "{message}");
+        assert!(
+            message.contains("--features covseg-stages/cuda"),
+            "{message}"
+        );
+    }
+}

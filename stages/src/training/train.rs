@@ -1,0 +1,334 @@
+//! The training loop: AdamW on (focal) BCE + Dice with warm-up and cosine decay, validation after
+//! every epoch, early stopping on the validation score, a checkpoint per epoch to resume from,
+//! and at the end a bundle of the best weights with the metrics and the curve.
+
+use std::path::Path;
+use std::time::Instant;
+
+use burn::grad_clipping::GradientClippingConfig;
+use burn::module::Module;
+use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::store::{ModuleStore, SafetensorsStore};
+use burn::tensor::{Device, Tensor, TensorData};
+use ndarray::{Array4, s};
+
+use super::bundle::{self, Thresholds, input_tensor, probabilities};
+use super::checkpoint::{Checkpoints, TrainState, load_module};
+use super::config::TrainConfig;
+use super::data::{TARGET_LABELS, TrainingItems, Validation, epoch_order, mix, targets};
+use super::device::{self, TrainDevice};
+use super::early_stopping::Verdict;
+use super::history::{ClassF1, EpochRecord, save_curve, write_jsonl};
+use super::loss::segmentation_loss;
+use super::schedule::LrSchedule;
+use crate::data::intensity::Preprocessing;
+use crate::metrics::{CLASSES, evaluate, masks_from_labels};
+use crate::model::{StateDictLayout, Unet};
+use crate::{Error, Progress, Result};
+
+/// The files training reads.
+#[derive(Debug, Clone, Copy)]
+pub struct TrainInputs<'a> {
+    /// An augment-cache `shards` folder.
+    pub shards: &'a Path,
+    pub val_images: &'a Path,
+    pub val_labels: &'a Path,
+    /// The split's `preprocessing.json`.
+    pub preprocessing: &'a Path,
+    /// An ImageNet checkpoint for the EfficientNet encoder (torchvision or lukemelas layout, told
+    /// apart by its key names), or `None` to start from random weights.
+    pub encoder_weights: Option<&'a Path>,
+}
+
+/// Where training writes its results.
+#[derive(Debug, Clone, Copy)]
+pub struct TrainOutputs<'a> {
+    /// The bundle folder (see [`bundle`]).
+    pub bundle: &'a Path,
+    pub metrics: &'a Path,
+    pub curve: &'a Path,
+}
+
+/// How a training run went.
+#[derive(Debug, Clone)]
+pub struct TrainReport {
+    pub device: String,
+    /// Epochs found done in the work folder at the start (0 for a fresh run).
+    pub resumed_after: usize,
+    pub history: Vec<EpochRecord>,
+    pub best_epoch: usize,
+    pub best_score: f64,
+    pub stopped_early: bool,
+}
+
+/// Which layout an encoder checkpoint has, from one key each layout is sure to have.
+fn encoder_layout(path: &Path) -> Result<StateDictLayout> {
+    let mut store = SafetensorsStore::from_file(path);
+    let has = |store: &mut SafetensorsStore, key: &str| {
+        store
+            .get_tensor(key)
+            .map(|t| t.is_some())
+            .map_err(|e| Error::Weights {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })
+    };
+    if has(&mut store, "_conv_stem.weight")? {
+        Ok(StateDictLayout::Lukemelas)
+    } else if has(&mut store, "features.0.0.weight")? {
+        Ok(StateDictLayout::Torchvision)
+    } else {
+        Err(Error::Weights {
+            path: path.to_path_buf(),
+            message: "neither a torchvision (`features.0.0.weight`) nor a lukemelas \
+                      (`_conv_stem.weight`) EfficientNet checkpoint"
+                .into(),
+        })
+    }
+}
+
+fn read_preprocessing(path: &Path) -> Result<Preprocessing> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::invalid_data(path, e.to_string()))
+}
+
+/// Checks that data, preprocessing and network agree on the channels.
+fn check_channels(
+    config: &TrainConfig,
+    items: &TrainingItems,
+    val: &Validation,
+    preprocessing: &Preprocessing,
+    inputs: &TrainInputs<'_>,
+) -> Result<()> {
+    let channels = preprocessing.channels();
+    if items.channels != channels {
+        return Err(Error::invalid_data(
+            inputs.shards,
+            format!(
+                "the shards have {} channels, the preprocessing {channels}",
+                items.channels
+            ),
+        ));
+    }
+    if val.images.dim().1 != channels {
+        return Err(Error::invalid_data(
+            inputs.val_images,
+            format!(
+                "{} channels, the preprocessing has {channels}",
+                val.images.dim().1
+            ),
+        ));
+    }
+    if config.model.in_channels != channels {
+        return Err(Error::invalid_param(
+            "model",
+            format!(
+                "in_channels is {}, but the split makes {channels}-channel inputs (one per window); set model.in_channels = {channels}",
+                config.model.in_channels
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Validation loss (mean per slice) and metrics, with the model in evaluation mode.
+fn validate(
+    model: &Unet,
+    val: &Validation,
+    preprocessing: &Preprocessing,
+    config: &TrainConfig,
+    device: &Device,
+) -> Result<(f64, crate::metrics::Metrics)> {
+    let (n, _, h, w) = val.images.dim();
+    let mut predicted = Array4::<bool>::from_elem((n, TARGET_LABELS.len(), h, w), false);
+    let mut loss_sum = 0.0;
+    for start in (0..n).step_by(config.batch_size) {
+        let end = (start + config.batch_size).min(n);
+        let x = input_tensor(
+            val.images.slice(s![start..end, .., .., ..]),
+            preprocessing,
+            device,
+        );
+        let y = targets(val.labels.slice(s![start..end, .., ..]));
+        let y = Tensor::from_data(
+            TensorData::new(y.into_raw_vec_and_offset().0, [end - start, 2, h, w]),
+            device,
+        );
+        let logits = model.forward(x);
+        let loss = segmentation_loss(logits.clone(), y, &config.loss).into_scalar::<f32>();
+        loss_sum += f64::from(loss) * (end - start) as f64;
+        let p = probabilities(logits)?;
+        predicted
+            .slice_mut(s![start..end, .., .., ..])
+            .assign(&p.mapv(|v| f64::from(v) > config.threshold));
+    }
+    let truth = masks_from_labels(val.labels.view(), &TARGET_LABELS);
+    Ok((
+        loss_sum / n as f64,
+        evaluate(predicted.view(), truth.view(), &CLASSES),
+    ))
+}
+
+/// Trains a U-Net as `config` says on the shards, validating on the split's validation part.
+/// Resumes from the checkpoint in `work_dir` when one is there (same inputs, config and seed).
+pub fn train(
+    inputs: &TrainInputs<'_>,
+    config: &TrainConfig,
+    seed: u64,
+    work_dir: &Path,
+    outputs: &TrainOutputs<'_>,
+    progress: &dyn Progress,
+) -> Result<TrainReport> {
+    config.validate()?;
+    let items = TrainingItems::open(inputs.shards)?;
+    let val = Validation::read(inputs.val_images, inputs.val_labels)?;
+    let preprocessing = read_preprocessing(inputs.preprocessing)?;
+    check_channels(config, &items, &val, &preprocessing, inputs)?;
+    let TrainDevice {
+        device,
+        name: device_name,
+        ..
+    } = device::select(config.device)?;
+    tracing::info!("training on {device_name}");
+    let autodiff = device.clone().autodiff();
+
+    // Initial weights depend on the seed only; the backend's generator is reseeded per epoch
+    // below (stochastic depth), so its state need not be saved.
+    device.seed(seed);
+    autodiff.seed(seed);
+    let mut model = config.model.init(&autodiff)?;
+    if let Some(path) = inputs.encoder_weights {
+        model = model.load_encoder(path, encoder_layout(path)?)?;
+    }
+    let mut optimizer: ModuleOptimizer = AdamWConfig::new()
+        .with_weight_decay(config.weight_decay as f32)
+        .with_grad_clipping(
+            (config.grad_clip > 0.0).then(|| GradientClippingConfig::Norm(config.grad_clip as f32)),
+        )
+        .init();
+
+    let per_epoch = config
+        .max_train_slices_per_epoch
+        .map_or(items.len(), |m| m.min(items.len()));
+    let steps_per_epoch = per_epoch.div_ceil(config.batch_size);
+    let schedule = LrSchedule {
+        peak: config.lr,
+        floor: config.min_lr,
+        warmup_steps: (config.warmup_epochs * steps_per_epoch as f64).round() as usize,
+        total_steps: config.epochs * steps_per_epoch,
+    };
+
+    let checkpoints = Checkpoints::new(work_dir);
+    let mut state = match checkpoints.resume(&mut model, &mut optimizer)? {
+        Some(state) => {
+            tracing::info!(
+                "resuming after epoch {} from {}",
+                state.epochs_done,
+                work_dir.display()
+            );
+            state
+        }
+        None => TrainState::new(config.early_stopping_patience),
+    };
+    let resumed_after = state.epochs_done;
+    progress.start((config.epochs * steps_per_epoch) as u64, "steps");
+    progress.advance(state.steps_done as u64);
+
+    let (c, h, w) = (items.channels, items.height, items.width);
+    while !state.stopped && state.epochs_done < config.epochs {
+        let epoch = state.epochs_done;
+        let started = Instant::now();
+        autodiff.seed(mix(seed, epoch as u64 + 1));
+        let order = epoch_order(items.len(), seed, epoch, config.max_train_slices_per_epoch);
+        let (mut loss_sum, mut lr) = (0.0, config.lr);
+        for batch in order.chunks(config.batch_size) {
+            let (images, labels) = items.batch(batch)?;
+            let n = batch.len();
+            let x = input_tensor(images.view(), &preprocessing, &autodiff);
+            let y = targets(labels.view());
+            let y = Tensor::from_data(
+                TensorData::new(y.into_raw_vec_and_offset().0, [n, 2, h, w]),
+                &autodiff,
+            );
+            debug_assert_eq!(x.dims(), [n, c, h, w]);
+            let loss = segmentation_loss(model.forward(x), y, &config.loss);
+            let value = f64::from(loss.clone().into_scalar::<f32>());
+            if !value.is_finite() {
+                return Err(Error::invalid_param(
+                    "lr",
+                    format!(
+                        "the training loss became {value} in epoch {} (step {}); lower lr or set grad_clip",
+                        epoch + 1,
+                        state.steps_done + 1
+                    ),
+                ));
+            }
+            loss_sum += value * n as f64;
+            lr = schedule.at(state.steps_done);
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optimizer.step(lr, model, grads);
+            state.steps_done += 1;
+            progress.advance(1);
+        }
+        // `valid()` merges BatchNorm's per-thread running statistics and leaves `model` as it is.
+        let snapshot = model.valid();
+        let (val_loss, metrics) = validate(&snapshot, &val, &preprocessing, config, &device)?;
+        let record = EpochRecord {
+            epoch: epoch + 1,
+            train_loss: loss_sum / order.len() as f64,
+            val_loss,
+            val_f1: ClassF1 {
+                ggo: metrics.classes[0].f1,
+                consolidation: metrics.classes[1].f1,
+            },
+            val_score: metrics.score,
+            lr,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        let verdict = state.stopping.observe(record.epoch, record.val_score);
+        tracing::info!(
+            "epoch {}/{}: train loss {:.4}, val loss {:.4}, val F1 GGO {:.3} consolidation {:.3}, score {:.3}{} ({:.1} s)",
+            record.epoch,
+            config.epochs,
+            record.train_loss,
+            record.val_loss,
+            record.val_f1.ggo,
+            record.val_f1.consolidation,
+            record.val_score,
+            if verdict == Verdict::Improved {
+                " (best)"
+            } else {
+                ""
+            },
+            record.seconds
+        );
+        state.history.push(record);
+        state.epochs_done += 1;
+        state.stopped = verdict == Verdict::Stop;
+        checkpoints.save(&state, &snapshot, &optimizer, verdict == Verdict::Improved)?;
+        if state.stopped {
+            tracing::info!(
+                "early stop: no better validation score for {} epochs",
+                config.early_stopping_patience
+            );
+        }
+    }
+
+    let mut best = config.model.init(&device)?;
+    load_module(&mut best, &checkpoints.best()?)?;
+    let thresholds = Thresholds {
+        ggo: config.threshold,
+        consolidation: config.threshold,
+    };
+    bundle::write(outputs.bundle, &best, config, &preprocessing, thresholds)?;
+    write_jsonl(outputs.metrics, &state.history)?;
+    save_curve(outputs.curve, &state.history)?;
+    Ok(TrainReport {
+        device: device_name,
+        resumed_after,
+        best_epoch: state.stopping.best_epoch,
+        best_score: state.stopping.best_score.unwrap_or(0.0),
+        history: state.history,
+        stopped_early: state.stopped,
+    })
+}
