@@ -3,6 +3,7 @@
 
 use covseg_stages::augmented;
 use covseg_stages::data::{kaggle, npy, phantom, split, stats};
+use covseg_stages::training;
 
 use crate::kind::{
     InputSpec, KindSpec, OutputSpec, ParamError, Resources, StageFailure, StageJob, StageKind,
@@ -12,7 +13,7 @@ use crate::registry::Registry;
 
 /// Every stage kind covseg knows.
 pub fn registry() -> Registry {
-    Registry::new(vec![&Synth, &Split, &AugmentCache, &Stats])
+    Registry::new(vec![&Synth, &Split, &AugmentCache, &Train, &Stats])
 }
 
 /// Kinds whose work is spread over all the threads the engine gives them.
@@ -243,6 +244,113 @@ impl StageKind for AugmentCache {
         let index = augmented::build(&images, &labels, &config, job.seed, &dir, job.progress)?;
         let picture = augmented::preview(&dir, &index, config.preview)?;
         covseg_stages::render::save_png(&job.output(&AUG_PREVIEW), &picture)?;
+        Ok(())
+    }
+}
+
+struct Train;
+
+const TRAIN_BUNDLE: OutputSpec = OutputSpec {
+    name: "bundle",
+    file: "bundle",
+    about: "folder: weights.safetensors, config.json, preprocessing.json, thresholds.json",
+};
+const TRAIN_METRICS: OutputSpec = OutputSpec {
+    name: "metrics",
+    file: "metrics.jsonl",
+    about: "one JSON line per epoch: losses, validation F1 per class and score, lr, seconds",
+};
+const TRAIN_CURVE: OutputSpec = OutputSpec {
+    name: "curve",
+    file: "curve.png",
+    about: "train/val loss and validation F1 per epoch",
+};
+
+impl StageKind for Train {
+    fn spec(&self) -> &KindSpec {
+        const SPEC: KindSpec = KindSpec {
+            name: "train",
+            version: 1,
+            about: "trains the U-Net (AdamW, BCE + Dice, warm-up + cosine) on augmented shards, early-stops on validation F1, resumes after a kill",
+            inputs: &[
+                InputSpec {
+                    name: "shards",
+                    required: true,
+                    about: "an augment-cache stage's shards",
+                },
+                InputSpec {
+                    name: "val_images",
+                    required: true,
+                    about: "a split's val_images",
+                },
+                InputSpec {
+                    name: "val_labels",
+                    required: true,
+                    about: "a split's val_labels",
+                },
+                InputSpec {
+                    name: "preprocessing",
+                    required: true,
+                    about: "a split's preprocessing",
+                },
+                InputSpec {
+                    name: "weights",
+                    required: false,
+                    about: "ImageNet EfficientNet weights (.safetensors, torchvision or lukemelas layout) for the encoder",
+                },
+            ],
+            outputs: &[TRAIN_BUNDLE, TRAIN_METRICS, TRAIN_CURVE],
+            uses_seed: true,
+            // The spec is static, so a GPU run cannot claim `gpu = 1` here yet; all CPU threads
+            // covers flex, and `resources = { gpu = 1 }` in the pipeline covers a GPU run.
+            resources: ALL_CPUS,
+        };
+        &SPEC
+    }
+
+    fn params(&self, raw: &toml::Table) -> Result<serde_json::Value, ParamError> {
+        typed_params::<training::TrainConfig>(raw, |c| c.validate().map_err(|e| e.to_string()))
+    }
+
+    fn run(&self, job: &StageJob<'_>) -> Result<(), StageFailure> {
+        let config: training::TrainConfig = job.config()?;
+        let inputs = training::TrainInputs {
+            shards: job.required("shards")?,
+            val_images: job.required("val_images")?,
+            val_labels: job.required("val_labels")?,
+            preprocessing: job.required("preprocessing")?,
+            encoder_weights: job.input("weights"),
+        };
+        let (bundle, metrics, curve) = (
+            job.output(&TRAIN_BUNDLE),
+            job.output(&TRAIN_METRICS),
+            job.output(&TRAIN_CURVE),
+        );
+        let outputs = training::TrainOutputs {
+            bundle: &bundle,
+            metrics: &metrics,
+            curve: &curve,
+        };
+        let report = training::train(
+            &inputs,
+            &config,
+            job.seed,
+            job.work_dir,
+            &outputs,
+            job.progress,
+        )?;
+        tracing::info!(
+            "trained on {}: best validation score {:.4} at epoch {} of {}{}",
+            report.device,
+            report.best_score,
+            report.best_epoch,
+            report.history.len(),
+            if report.stopped_early {
+                " (stopped early)"
+            } else {
+                ""
+            }
+        );
         Ok(())
     }
 }

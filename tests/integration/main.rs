@@ -10,3 +10,4 @@ mod kill;
 mod params_from;
 mod run;
 mod test;
+mod train;

@@ -1,0 +1,75 @@
+//! The train stage through the real binary: a tiny run writes the bundle, metrics and curve, and
+//! a second run is all cache hits.
+
+use crate::test::Test;
+
+const PIPELINE: &str = r#"
+[pipeline]
+name = "train-tiny"
+seed = 3
+
+[[stage]]
+name = "phantoms"
+kind = "synth"
+params = { slices = 12, size = 64 }
+
+[[stage]]
+name = "split"
+kind = "split"
+inputs = { medseg_images = "@phantoms.images", medseg_masks = "@phantoms.masks" }
+params = { folds = 1, val_fraction = 0.25 }
+
+[[stage]]
+name = "augment"
+kind = "augment-cache"
+inputs = { images = "@split.train_images", labels = "@split.train_labels" }
+params = { copies = 1 }
+
+[[stage]]
+name = "train"
+kind = "train"
+inputs = { shards = "@augment.shards", val_images = "@split.val_images", val_labels = "@split.val_labels", preprocessing = "@split.preprocessing" }
+params = { epochs = 2, batch_size = 4, device = "cpu", model = { encoder = "plain", encoder_depth = 3, decoder_channels = [32, 16, 8] } }
+"#;
+
+#[test]
+fn tiny_training_writes_bundle_metrics_and_curve_then_is_cached() {
+    let mut t = Test::new().pipeline(PIPELINE).args(["run"]);
+    t.run();
+    assert!(t.last_outcomes().iter().all(|(_, o)| o == "ran"));
+    for file in [
+        "bundle/weights.safetensors",
+        "bundle/config.json",
+        "bundle/preprocessing.json",
+        "bundle/thresholds.json",
+    ] {
+        assert!(t.output("train", file).is_file(), "{file}");
+    }
+    let metrics = std::fs::read_to_string(t.output("train", "metrics.jsonl")).unwrap();
+    let epochs: Vec<serde_json::Value> = metrics
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(epochs.len(), 2);
+    for key in ["train_loss", "val_loss", "val_score", "lr", "seconds"] {
+        assert!(epochs[1][key].is_number(), "{key} in {}", epochs[1]);
+    }
+    assert!(epochs[1]["val_f1"]["consolidation"].is_number());
+    let curve = std::fs::read(t.output("train", "curve.png")).unwrap();
+    assert_eq!(&curve[1..4], b"PNG");
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(t.output("train", "bundle/config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["model"]["encoder"], "plain");
+
+    t.then(["run"]).go();
+    assert!(t.last_outcomes().iter().all(|(_, o)| o == "hit"));
+}
+
+#[test]
+fn a_gpu_device_missing_from_the_build_is_a_param_error() {
+    let pipeline = PIPELINE.replace("device = \"cpu\"", "device = \"cuda\"");
+    let mut t = Test::new().pipeline(&pipeline).args(["run"]).status(2);
+    let done = t.run();
+    assert!(done.stderr.contains("cuda"), "{}", done.stderr);
+}
