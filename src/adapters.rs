@@ -152,7 +152,8 @@ impl StageKind for Split {
         if has("folder") && (kaggle || has("radiopedia_images") || has("radiopedia_masks")) {
             return Err("give either `folder` or the .npy inputs, not both".into());
         }
-        if !has("folder") && !(has("medseg_images") && has("medseg_masks")) {
+        let npy = has("medseg_images") && has("medseg_masks");
+        if !has("folder") && !npy {
             return Err("needs `medseg_images` and `medseg_masks` (the .npy files), or `folder` (an image-folder dataset)".into());
         }
         if has("radiopedia_images") != has("radiopedia_masks") {
