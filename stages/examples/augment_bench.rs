@@ -75,9 +75,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
 
     run(args.slices.div_ceil(10).max(2 * args.threads), 0);
-    let start = Instant::now();
+    let (start, cpu_start) = (Instant::now(), cpu_seconds());
     let checksum = run(args.slices, 1_000_000);
     let seconds = start.elapsed().as_secs_f64();
+    let cpu = cpu_start.zip(cpu_seconds()).map(|(a, b)| b - a);
 
     let config_name = match &args.mode {
         Mode::Default => "default".to_string(),
@@ -94,10 +95,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "size": args.size,
             "seconds": seconds,
             "slices_per_s": args.slices as f64 / seconds,
+            "cpu_seconds": cpu,
             "checksum": checksum,
         })
     );
     Ok(())
+}
+
+/// User plus system CPU time of this process so far (Linux), which other load on the machine
+/// distorts less than wall time; `None` elsewhere.
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name may hold spaces, so count fields from the closing parenthesis.
+    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
+    let ticks = |i: usize| fields.get(i)?.parse::<f64>().ok();
+    // Fields 14 and 15 of proc(5) (utime, stime), in clock ticks of 1/100 s on Linux.
+    Some((ticks(11)? + ticks(12)?) / 100.0)
 }
 
 fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
@@ -200,7 +213,11 @@ fn write_npy(
 ) -> Result<(), Box<dyn std::error::Error>> {
     let stem = path.with_extension("");
     let labels_path = PathBuf::from(format!("{}_labels.npy", stem.display()));
-    ndarray_npy::write_npy(path, images)?;
-    ndarray_npy::write_npy(&labels_path, labels)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    ndarray_npy::write_npy(path, images).map_err(|e| format!("{}: {e}", path.display()))?;
+    ndarray_npy::write_npy(&labels_path, labels)
+        .map_err(|e| format!("{}: {e}", labels_path.display()))?;
     Ok(())
 }

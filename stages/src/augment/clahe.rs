@@ -3,6 +3,8 @@
 
 use ndarray::{Array2, ArrayView2};
 
+use super::fast_math::floor_small;
+
 const BINS: usize = 256;
 
 /// Equalises one channel (values in [0, 1]; others are clamped) on a `tiles`×`tiles` grid, with
@@ -32,25 +34,48 @@ pub(super) fn equalise(data: &mut [f32], height: usize, width: usize, clip: f64,
     let cols = TileAxis::new(width, tiles);
     let maps = tile_maps(data, &rows, &cols, clip);
     let ntx = cols.count();
+    let (mut bins, mut fracs) = (vec![0u8; width], vec![0.0f32; width]);
 
     for (y, row) in data.chunks_exact_mut(width).enumerate() {
         let (r0, r1, wy) = (rows.lower[y], rows.upper[y], rows.weight[y]);
-        for (x, v) in row.iter_mut().enumerate() {
-            let (c0, c1, wx) = (cols.lower[x], cols.upper[x], cols.weight[x]);
-            let scaled = v.clamp(0.0, 1.0) * BINS as f32;
-            let bin = (scaled as usize).min(BINS - 1);
-            let frac = scaled - bin as f32;
-            let map = |r: usize, c: usize| {
-                let [base, slope] = maps[(r * ntx + c) * BINS + bin];
-                base + slope * frac
-            };
-            let (a, b) = (map(r0, c0), map(r0, c1));
-            let (c, d) = (map(r1, c0), map(r1, c1));
-            let top = a + (b - a) * wx;
-            let bottom = c + (d - c) * wx;
-            *v = (top + (bottom - top) * wy).clamp(0.0, 1.0);
+        // Bins first, in a loop of their own that vectorises.
+        for ((bin, frac), &v) in bins.iter_mut().zip(&mut fracs).zip(row.iter()) {
+            (*bin, *frac) = bin_of(v);
+        }
+        // Between two tile centres the four tiles are fixed, so each run reads four tables
+        // chosen once; a u8 bin indexes a 256-entry table without a bounds check.
+        for run in &cols.runs {
+            let (t00, t01) = (&maps[r0 * ntx + run.lower], &maps[r0 * ntx + run.upper]);
+            let (t10, t11) = (&maps[r1 * ntx + run.lower], &maps[r1 * ntx + run.upper]);
+            let span = run.start..run.end;
+            let pixels = row[span.clone()]
+                .iter_mut()
+                .zip(&bins[span.clone()])
+                .zip(&fracs[span.clone()])
+                .zip(&cols.weight[span]);
+            for (((v, &bin), &frac), &wx) in pixels {
+                let b = usize::from(bin);
+                let at = |t: &TileMap| t.base[b] + t.slope[b] * frac;
+                let top = at(t00) + (at(t01) - at(t00)) * wx;
+                let bottom = at(t10) + (at(t11) - at(t10)) * wx;
+                *v = (top + (bottom - top) * wy).clamp(0.0, 1.0);
+            }
         }
     }
+}
+
+/// The bin of an intensity (clamped to [0, 1]) and its position within the bin, 0…1.
+fn bin_of(v: f32) -> (u8, f32) {
+    let scaled = v.clamp(0.0, 1.0) * BINS as f32;
+    let bin = floor_small(scaled).min(BINS as i32 - 1);
+    (bin as u8, scaled - bin as f32)
+}
+
+/// One tile's mapping per bin: its value at the bin's lower edge and its rise across the bin,
+/// both in output units of [0, 1].
+struct TileMap {
+    base: [f32; BINS],
+    slope: [f32; BINS],
 }
 
 /// How one image axis splits into tiles, and for each pixel the two tiles whose centres bracket it
@@ -61,6 +86,15 @@ struct TileAxis {
     lower: Vec<usize>,
     upper: Vec<usize>,
     weight: Vec<f32>,
+    /// Maximal runs of pixels with the same pair of tiles.
+    runs: Vec<Run>,
+}
+
+struct Run {
+    start: usize,
+    end: usize,
+    lower: usize,
+    upper: usize,
 }
 
 impl TileAxis {
@@ -86,11 +120,24 @@ impl TileAxis {
                 weight[p] = (pos - centres[i]) / (centres[i + 1] - centres[i]);
             }
         }
+        let mut runs: Vec<Run> = Vec::new();
+        for p in 0..len {
+            match runs.last_mut() {
+                Some(run) if run.lower == lower[p] && run.upper == upper[p] => run.end = p + 1,
+                _ => runs.push(Run {
+                    start: p,
+                    end: p + 1,
+                    lower: lower[p],
+                    upper: upper[p],
+                }),
+            }
+        }
         Self {
             bounds,
             lower,
             upper,
             weight,
+            runs,
         }
     }
 
@@ -99,33 +146,33 @@ impl TileAxis {
     }
 }
 
-/// Per tile (row-major over the grid) and bin: the mapping's value at the bin's lower edge and its
-/// rise across the bin, both in output units of [0, 1].
-fn tile_maps(data: &[f32], rows: &TileAxis, cols: &TileAxis, clip: f64) -> Vec<[f32; 2]> {
+/// Every tile's mapping, row-major over the grid.
+fn tile_maps(data: &[f32], rows: &TileAxis, cols: &TileAxis, clip: f64) -> Vec<TileMap> {
     let width = cols.bounds[cols.count()];
-    let mut maps = Vec::with_capacity(rows.count() * cols.count() * BINS);
+    let mut maps = Vec::with_capacity(rows.count() * cols.count());
     let mut hists = vec![[0u32; BINS]; cols.count()];
+    let mut bins = vec![0u8; width];
     for band in rows.bounds.windows(2) {
         for hist in &mut hists {
             hist.fill(0);
         }
         for row in data[band[0] * width..band[1] * width].chunks_exact(width) {
+            for (bin, &v) in bins.iter_mut().zip(row) {
+                *bin = bin_of(v).0;
+            }
             for (hist, span) in hists.iter_mut().zip(cols.bounds.windows(2)) {
-                for &v in &row[span[0]..span[1]] {
-                    // `as` saturates: negative and NaN values land in bin 0.
-                    hist[((v * BINS as f32) as usize).min(BINS - 1)] += 1;
+                for &b in &bins[span[0]..span[1]] {
+                    hist[usize::from(b)] += 1;
                 }
             }
         }
-        for hist in &hists {
-            maps.extend(clipped_mapping(hist, clip));
-        }
+        maps.extend(hists.iter().map(|hist| clipped_mapping(hist, clip)));
     }
     maps
 }
 
 /// The clipped, renormalised cumulative histogram of one tile.
-fn clipped_mapping(hist: &[u32; BINS], clip: f64) -> [[f32; 2]; BINS] {
+fn clipped_mapping(hist: &[u32; BINS], clip: f64) -> TileMap {
     let count: f64 = hist.iter().map(|&h| f64::from(h)).sum();
     let clip = if clip.is_nan() { 1.0 } else { clip.max(1.0) };
     // At clip 1 the limit equals the mean bin count, so every bin ends exactly at it.
@@ -151,20 +198,25 @@ fn clipped_mapping(hist: &[u32; BINS], clip: f64) -> [[f32; 2]; BINS] {
     }
 
     let total: f64 = bins.iter().sum();
-    let mut mapping = [[0.0f32; 2]; BINS];
+    let mut map = TileMap {
+        base: [0.0; BINS],
+        slope: [0.0; BINS],
+    };
     if total <= 0.0 {
         // An empty tile (only possible for an empty image) maps like the identity.
-        for (b, m) in mapping.iter_mut().enumerate() {
-            *m = [b as f32 / BINS as f32, 1.0 / BINS as f32];
+        for b in 0..BINS {
+            map.base[b] = b as f32 / BINS as f32;
+            map.slope[b] = 1.0 / BINS as f32;
         }
-        return mapping;
+        return map;
     }
     let mut below = 0.0;
-    for (m, &b) in mapping.iter_mut().zip(&bins) {
-        *m = [(below / total) as f32, (b / total) as f32];
-        below += b;
+    for (b, &count) in bins.iter().enumerate() {
+        map.base[b] = (below / total) as f32;
+        map.slope[b] = (count / total) as f32;
+        below += count;
     }
-    mapping
+    map
 }
 
 #[cfg(test)]
@@ -218,18 +270,27 @@ mod tests {
         for (clip, tiles) in [(1.0, 4), (2.0, 4), (3.5, 8), (40.0, 3)] {
             let (rows, cols) = (TileAxis::new(64, tiles), TileAxis::new(64, tiles));
             let maps = tile_maps(&data, &rows, &cols, clip);
+            assert_eq!(maps.len(), tiles * tiles);
             let mut steepest = 0.0f32;
-            for tile in maps.chunks_exact(BINS) {
+            for tile in &maps {
                 // Normalised slope: output rise per bin over the bin's width of 1/256.
-                let slope = tile.iter().map(|m| m[1] * BINS as f32).fold(0.0, f32::max);
+                let slope = tile
+                    .slope
+                    .iter()
+                    .map(|s| s * BINS as f32)
+                    .fold(0.0, f32::max);
                 assert!(
                     slope <= clip as f32 * (1.0 + 1e-5),
                     "slope {slope} > clip {clip}"
                 );
                 steepest = steepest.max(slope);
                 // Each mapping runs from 0 to 1 without a jump.
-                let end = tile[BINS - 1][0] + tile[BINS - 1][1];
-                assert!(tile[0][0] == 0.0 && (end - 1.0).abs() < 1e-5);
+                let end = tile.base[BINS - 1] + tile.slope[BINS - 1];
+                assert!(tile.base[0] == 0.0 && (end - 1.0).abs() < 1e-5);
+                for b in 1..BINS {
+                    let jump = tile.base[b] - (tile.base[b - 1] + tile.slope[b - 1]);
+                    assert!(jump.abs() < 1e-6, "jump {jump} at bin {b}");
+                }
             }
             // The histograms are peaked, so a low limit is actually reached.
             if clip < 10.0 {

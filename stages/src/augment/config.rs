@@ -7,7 +7,7 @@ use crate::{Error, Result};
 
 /// Every augmentation op, in the order they are applied (geometry first, as one resampling, then the
 /// intensity ops). Each op fires independently with its probability `p`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AugmentConfig {
     pub rotation: Rotation,
@@ -209,27 +209,11 @@ impl Default for Gamma {
     }
 }
 
-impl Default for AugmentConfig {
-    fn default() -> Self {
-        Self {
-            rotation: Rotation::default(),
-            crop_scale: CropScale::default(),
-            flip_horizontal: Flip::default(),
-            flip_vertical: Flip::default(),
-            elastic: Elastic::default(),
-            clahe: Clahe::default(),
-            noise: Noise::default(),
-            blur: Blur::default(),
-            brightness: Brightness::default(),
-            contrast: Contrast::default(),
-            gamma: Gamma::default(),
-        }
-    }
-}
-
-/// Upper bounds that keep the work per slice bounded (blur kernels, CLAHE tables) and catch unit
-/// mix-ups such as a sigma given in millimetres of a different scale.
+/// Upper bounds that keep the work per slice bounded (blur kernels of ±3σ, CLAHE tables) and catch
+/// values typed in the wrong unit, such as Albumentations' `gamma_limit` (70, 150) meant as
+/// 0.7…1.5.
 const MAX_BLUR_SIGMA: f64 = 20.0;
+const MAX_GAMMA: f64 = 10.0;
 const MAX_ELASTIC_SIGMA: f64 = 1000.0;
 const MAX_TILES: usize = 64;
 const MAX_FACTOR: f64 = 100.0;
@@ -265,7 +249,7 @@ impl AugmentConfig {
         range("blur.sigma", self.blur.sigma, 0.0, MAX_BLUR_SIGMA)?;
         range("brightness.range", self.brightness.range, 0.0, MAX_FACTOR)?;
         range("contrast.range", self.contrast.range, 0.0, MAX_FACTOR)?;
-        let [lo, _] = range("gamma.range", self.gamma.range, 0.0, MAX_FACTOR)?;
+        let [lo, _] = range("gamma.range", self.gamma.range, 0.0, MAX_GAMMA)?;
         positive("gamma.range", lo)?;
         Ok(())
     }
@@ -398,7 +382,8 @@ mod tests {
     #[test]
     fn validate_names_the_bad_field() {
         let base = AugmentConfig::default();
-        let cases: Vec<(Box<dyn Fn(&mut AugmentConfig)>, &str)> = vec![
+        type Edit = Box<dyn Fn(&mut AugmentConfig)>;
+        let cases: Vec<(Edit, &str)> = vec![
             (Box::new(|c| c.rotation.p = -0.1), "rotation.p"),
             (Box::new(|c| c.gamma.p = 1.5), "gamma.p"),
             (Box::new(|c| c.blur.p = f64::NAN), "blur.p"),
@@ -440,6 +425,7 @@ mod tests {
                 "contrast.range",
             ),
             (Box::new(|c| c.gamma.range = [0.0, 1.5]), "gamma.range"),
+            (Box::new(|c| c.gamma.range = [70.0, 150.0]), "gamma.range"),
         ];
         for (edit, field) in cases {
             let mut config = base.clone();

@@ -1,18 +1,14 @@
 //! Data augmentation of CT slices and their label maps for training: geometry moves image and
 //! labels together in one resampling, then intensity ops change the image alone.
-//!
-//! The ops run in a fixed order: the geometric ones (rotation, crop/scale, horizontal and vertical
-//! flip, elastic) as one coordinate map, then CLAHE, noise, blur, brightness, contrast and gamma.
-//! Randomness is drawn in a fixed order too (see `plan::draw`), so the output depends only on the
-//! inputs and the generator's state, and changing one op's probability leaves the others' draws
-//! alone.
 
 mod blur;
 mod clahe;
 mod config;
 mod elastic;
+mod fast_math;
 mod intensity;
 mod plan;
+mod resample;
 mod spatial;
 #[cfg(test)]
 mod tests;
@@ -35,8 +31,16 @@ pub use config::{
 /// only the image and keep it in [0, 1]. `config` is expected to be valid
 /// ([`AugmentConfig::validate`]).
 ///
-/// Consumes the same amount of `rng` whatever fires, so slices augmented in sequence from one
-/// generator stay reproducible when a probability changes.
+/// The ops run in a fixed order: the geometric ones (rotation, crop/scale, horizontal and vertical
+/// flip, elastic) composed into one coordinate map and resampled once, then CLAHE, noise, blur,
+/// brightness, contrast and gamma.
+///
+/// Randomness is drawn in a fixed order too: first a "fires?" draw for every op, then every op's
+/// parameters, whether it fires or not; elastic and noise draw their bulk numbers from generators
+/// of their own, seeded from that sequence. So the output depends only on the inputs and the
+/// state of `rng`; changing one op's probability changes no other op's draws; and `rng` advances
+/// by the same amount whatever fires, so slices augmented in sequence from one generator stay
+/// reproducible when a probability changes.
 ///
 /// # Panics
 ///
@@ -67,7 +71,6 @@ pub fn augment(
 
     let plane = height * width;
     if plane > 0 {
-        let mut scratch = Vec::new();
         for (index, channel) in out.chunks_exact_mut(plane).enumerate() {
             if let Some(clip) = plan.clahe {
                 clahe::equalise(channel, height, width, clip, config.clahe.tiles);
@@ -77,7 +80,7 @@ pub fn augment(
                 intensity::noise(channel, sigma, seed, index as u64);
             }
             if let Some(sigma) = plan.blur {
-                blur::blur(channel, height, width, sigma, &mut scratch);
+                blur::blur(channel, height, width, sigma);
             }
             if let Some(factor) = plan.brightness {
                 intensity::brightness(channel, factor);

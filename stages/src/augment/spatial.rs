@@ -4,6 +4,7 @@
 use super::config::AugmentConfig;
 use super::elastic::ElasticField;
 use super::plan::Plan;
+use super::resample::resample;
 
 /// An affine map of pixel coordinates (x right, y down, pixel centres at integers):
 /// (x, y) → (xx·x + xy·y + x0, yx·x + yy·y + y0).
@@ -68,10 +69,10 @@ enum Kind {
 }
 
 impl Geometry {
-    /// Composes the geometric ops that fire in `plan`. Seen from the output, the chain is undone
-    /// in reverse: the image is rotated about its centre, then zoomed about a shifted centre (the
-    /// crop), then mirrored, then elastically deformed; so an output pixel p samples the source at
-    /// rotate⁻¹(zoom⁻¹(flip(p + d(p)))).
+    /// Composes the geometric ops that fire in `plan`. Applied to the image they run in this
+    /// order: rotation about the centre, zoom about a shifted centre (the crop), mirroring, elastic
+    /// deformation; so output pixel p samples the source at rotate⁻¹(zoom⁻¹(flip(p + d(p)))), a
+    /// flip being its own inverse.
     pub fn new(plan: &Plan, config: &AugmentConfig, height: usize, width: usize) -> Self {
         let (w, h) = (width as f64, height as f64);
         let (cx, cy) = ((w - 1.0) / 2.0, (h - 1.0) / 2.0);
@@ -137,17 +138,26 @@ impl Geometry {
     }
 
     /// The source position of every pixel of output row `y`, into `sx` and `sy`.
-    fn source_row(&self, y: usize, sx: &mut [f32], sy: &mut [f32], scratch: &mut RowScratch) {
+    pub(super) fn source_row(
+        &self,
+        y: usize,
+        sx: &mut [f32],
+        sy: &mut [f32],
+        scratch: &mut RowScratch,
+    ) {
         let a = &self.source;
+        // Column numbers as floats, made once: converting the loop index per pixel would keep
+        // these loops scalar.
+        let xs = &scratch.xs;
         match &self.elastic {
             None => {
                 // Affine along a row: a start and a step, computed in f64 and rounded once.
                 let (bx, by) = (a.xy * y as f64 + a.x0, a.yy * y as f64 + a.y0);
                 let (xx, yx) = (a.xx as f32, a.yx as f32);
                 let (bx, by) = (bx as f32, by as f32);
-                for (x, (ox, oy)) in sx.iter_mut().zip(sy.iter_mut()).enumerate() {
-                    *ox = xx * x as f32 + bx;
-                    *oy = yx * x as f32 + by;
+                for ((ox, oy), &x) in sx.iter_mut().zip(sy.iter_mut()).zip(xs) {
+                    *ox = xx * x + bx;
+                    *oy = yx * x + by;
                 }
             }
             Some(field) => {
@@ -155,13 +165,10 @@ impl Geometry {
                 let (xx, xy, x0) = (a.xx as f32, a.xy as f32, a.x0 as f32);
                 let (yx, yy, y0) = (a.yx as f32, a.yy as f32, a.y0 as f32);
                 let row = y as f32;
-                for (x, ((ox, oy), (&dx, &dy))) in sx
-                    .iter_mut()
-                    .zip(sy.iter_mut())
-                    .zip(scratch.dx.iter().zip(&scratch.dy))
-                    .enumerate()
+                let displaced = scratch.dx.iter().zip(&scratch.dy).zip(xs);
+                for ((ox, oy), ((&dx, &dy), &x)) in sx.iter_mut().zip(sy.iter_mut()).zip(displaced)
                 {
-                    let (px, py) = (x as f32 + dx, row + dy);
+                    let (px, py) = (x + dx, row + dy);
                     *ox = xx * px + xy * py + x0;
                     *oy = yx * px + yy * py + y0;
                 }
@@ -170,10 +177,13 @@ impl Geometry {
     }
 }
 
-struct RowScratch {
-    dx: Vec<f32>,
-    dy: Vec<f32>,
-    grid: Vec<f32>,
+/// Per-row buffers of `Geometry::source_row`, reused across rows.
+pub(super) struct RowScratch {
+    /// The column numbers 0, 1, … as floats.
+    pub xs: Vec<f32>,
+    pub dx: Vec<f32>,
+    pub dy: Vec<f32>,
+    pub grid: Vec<f32>,
 }
 
 /// Resamples `image` (`channels` × `height` × `width`, row-major) bilinearly and `labels`
@@ -231,140 +241,6 @@ fn mirror<T: Copy + Default>(
     out
 }
 
-/// Output pixels are visited in tiles of `BAND` rows × `TILE` columns. A rotated tile reads a
-/// compact patch of the source that stays in L1; row by row, a rotation walks the source diagonally
-/// and misses the cache on almost every pixel (this doubled the cost of a rotation at 512²).
-const BAND: usize = 16;
-const TILE: usize = 64;
-
-fn resample(
-    image: &[f32],
-    labels: &[u8],
-    channels: usize,
-    height: usize,
-    width: usize,
-    geometry: &Geometry,
-) -> (Vec<f32>, Vec<u8>) {
-    let plane = height * width;
-    let mut out = vec![0.0f32; channels * plane];
-    let mut out_labels = vec![0u8; plane];
-    if plane == 0 {
-        return (out, out_labels);
-    }
-    let (mut sx, mut sy) = (vec![0.0f32; BAND * width], vec![0.0f32; BAND * width]);
-    let mut scratch = RowScratch {
-        dx: vec![0.0; width],
-        dy: vec![0.0; width],
-        grid: Vec::new(),
-    };
-    let source = Source {
-        image,
-        labels,
-        width,
-        height,
-    };
-
-    for band in (0..height).step_by(BAND) {
-        let rows = band..(band + BAND).min(height);
-        for (i, y) in rows.clone().enumerate() {
-            let line = i * width..(i + 1) * width;
-            geometry.source_row(y, &mut sx[line.clone()], &mut sy[line], &mut scratch);
-        }
-        for tile in (0..width).step_by(TILE) {
-            let cols = tile..(tile + TILE).min(width);
-            for (i, y) in rows.clone().enumerate() {
-                let at = |x: usize| (sx[i * width + x], sy[i * width + x]);
-                for x in cols.clone() {
-                    let (px, py) = at(x);
-                    let pixel = y * width + x;
-                    source.sample(px, py, pixel, plane, &mut out, &mut out_labels);
-                }
-            }
-        }
-    }
-    (out, out_labels)
-}
-
-struct Source<'a> {
-    image: &'a [f32],
-    labels: &'a [u8],
-    width: usize,
-    height: usize,
-}
-
-impl Source<'_> {
-    /// Writes output pixel `pixel` of every channel (bilinear) and of the labels (nearest) from
-    /// source position (`px`, `py`).
-    #[inline]
-    fn sample(
-        &self,
-        px: f32,
-        py: f32,
-        pixel: usize,
-        plane: usize,
-        out: &mut [f32],
-        labels: &mut [u8],
-    ) {
-        let (x, y) = (floor(px), floor(py));
-        let (tx, ty) = (px - x as f32, py - y as f32);
-        let (w, h) = (self.width as i32, self.height as i32);
-
-        // Nearest neighbour: round half up, the same cell the bilinear weights favour.
-        let nx = x + i32::from(tx >= 0.5);
-        let ny = y + i32::from(ty >= 0.5);
-        if (0..w).contains(&nx) && (0..h).contains(&ny) {
-            labels[pixel] = self.labels[ny as usize * self.width + nx as usize];
-        }
-
-        let channels = self
-            .image
-            .chunks_exact(plane)
-            .zip(out.chunks_exact_mut(plane));
-        if x >= 0 && y >= 0 && x + 1 < w && y + 1 < h {
-            let i = y as usize * self.width + x as usize;
-            for (src, dst) in channels {
-                let (top, bottom) = (&src[i..i + 2], &src[i + self.width..i + self.width + 2]);
-                dst[pixel] = lerp2(top[0], top[1], bottom[0], bottom[1], tx, ty);
-            }
-        } else if x >= -1 && y >= -1 && x < w && y < h {
-            // On the border: the neighbours outside the image count as 0.
-            let inside = |px: i32, py: i32| (0..w).contains(&px) && (0..h).contains(&py);
-            for (src, dst) in channels {
-                let at = |px: i32, py: i32| {
-                    if inside(px, py) {
-                        src[py as usize * self.width + px as usize]
-                    } else {
-                        0.0
-                    }
-                };
-                dst[pixel] = lerp2(
-                    at(x, y),
-                    at(x + 1, y),
-                    at(x, y + 1),
-                    at(x + 1, y + 1),
-                    tx,
-                    ty,
-                );
-            }
-        }
-    }
-}
-
-/// Bilinear blend of a 2×2 neighbourhood; exact (returns `a`) at zero fractions.
-#[inline]
-fn lerp2(a: f32, b: f32, c: f32, d: f32, tx: f32, ty: f32) -> f32 {
-    let top = a + (b - a) * tx;
-    let bottom = c + (d - c) * tx;
-    top + (bottom - top) * ty
-}
-
-/// Rounds towards −∞ without a libm call (which `f32::floor` is on baseline x86-64); saturates
-/// far outside the image, which reads 0 anyway.
-fn floor(v: f32) -> i32 {
-    let t = v as i32;
-    t - i32::from((t as f32) > v)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -382,33 +258,6 @@ mod tests {
         };
         assert_eq!(shift.then(double).apply(1.0, 1.0), (8.0, 2.0));
         assert_eq!(double.then(shift).apply(1.0, 1.0), (5.0, 2.0));
-    }
-
-    #[test]
-    fn floor_rounds_down_for_negatives() {
-        for v in [-2.5f32, -1.0, -0.25, 0.0, 0.75, 3.0, 511.999] {
-            assert_eq!(floor(v), v.floor() as i32, "{v}");
-        }
-    }
-
-    #[test]
-    fn sampling_is_exact_on_pixels_and_fades_to_zero_outside() {
-        let source = Source {
-            image: &[1.0, 2.0, 3.0, 4.0],
-            labels: &[1, 2, 3, 4],
-            width: 2,
-            height: 2,
-        };
-        let sample = |px, py| {
-            let (mut out, mut labels) = ([0.0f32], [0u8]);
-            source.sample(px, py, 0, 4, &mut out, &mut labels);
-            (out[0], labels[0])
-        };
-        assert_eq!(sample(1.0, 1.0), (4.0, 4));
-        assert_eq!(sample(0.5, 0.5), (2.5, 4));
-        assert_eq!(sample(0.25, 0.0), (1.25, 1));
-        assert_eq!(sample(1.5, 0.0), (1.0, 0));
-        assert_eq!(sample(-3.0, 0.0), (0.0, 0));
     }
 
     #[test]

@@ -26,7 +26,7 @@ fn block(x: usize, y: usize, width: usize) -> u8 {
     (1 + (y / BLOCK) * width.div_ceil(BLOCK) + x / BLOCK) as u8
 }
 
-/// A realistic-looking slice: smooth intensities in [0, 1] and four classes.
+/// A smooth slice with intensities in [0, 1] and four classes.
 fn ct_slice(size: usize, seed: u64) -> (Array3<f32>, Array2<u8>) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let (a, b) = (rng.next_u64() % 7, rng.next_u64() % 5);
@@ -201,10 +201,12 @@ fn switched_off_ops_change_nothing() {
     // At p = 0 the rotation's range is irrelevant: nothing else changes with it.
     for seed in 0..5 {
         let run = |max_degrees| {
-            let mut config = AugmentConfig::default();
-            config.rotation = Rotation {
-                p: 0.0,
-                max_degrees,
+            let config = AugmentConfig {
+                rotation: Rotation {
+                    p: 0.0,
+                    max_degrees,
+                },
+                ..AugmentConfig::default()
             };
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
             augment(image.view(), labels.view(), &config, &mut rng)
