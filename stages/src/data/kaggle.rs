@@ -3,11 +3,11 @@
 //! in the same format by the phantom generator.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read};
+use std::io::{BufReader, Read};
 use std::path::Path;
 
 use ndarray::{Array4, Axis};
-use ndarray_npy::{ReadNpyExt, WriteNpyExt};
+use ndarray_npy::ReadNpyExt;
 
 use crate::{Error, Result};
 
@@ -233,28 +233,12 @@ pub fn slice_count(path: &Path) -> Result<usize> {
 
 /// Writes CT images `(N,H,W,1)` as float64 like the Kaggle files.
 pub fn write_images(path: &Path, images: &Array4<f64>) -> Result<()> {
-    write(path, |w| images.write_npy(w))
+    super::npy::write(path, images)
 }
 
 /// Writes masks `(N,H,W,4)` as bool like the Kaggle files.
 pub fn write_masks(path: &Path, masks: &Array4<bool>) -> Result<()> {
-    write(path, |w| masks.write_npy(w))
-}
-
-fn write(
-    path: &Path,
-    body: impl FnOnce(&mut BufWriter<File>) -> Result<(), ndarray_npy::WriteNpyError>,
-) -> Result<()> {
-    let mut writer =
-        BufWriter::with_capacity(1 << 20, File::create(path).map_err(|e| Error::io(path, e))?);
-    body(&mut writer).map_err(|e| Error::Npy {
-        path: path.to_owned(),
-        message: e.to_string(),
-    })?;
-    let file = writer
-        .into_inner()
-        .map_err(|e| Error::io(path, e.into_error()))?;
-    file.sync_all().map_err(|e| Error::io(path, e))
+    super::npy::write(path, masks)
 }
 
 /// Fraction of pixels per mask channel, for statistics and tests.
@@ -271,6 +255,7 @@ pub fn channel_fractions(masks: &Array4<bool>) -> [f64; MASK_CHANNELS] {
 mod tests {
     use super::*;
     use ndarray::Array4;
+    use ndarray_npy::WriteNpyExt;
 
     #[test]
     fn round_trip_and_header() {
