@@ -388,6 +388,9 @@ pub fn assemble(
                     progress.advance(1);
                     Ok((format!("folder/{id}"), (image, labels), original))
                 })
+                // Collected in id order first, so the error reported is always the first file's.
+                .collect::<Vec<Result<_>>>()
+                .into_iter()
                 .collect::<Result<Vec<_>>>()?;
             let mut prepared = BTreeMap::new();
             for (r, p, original) in slices {
