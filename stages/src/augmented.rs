@@ -247,35 +247,23 @@ mod tests {
     #[test]
     fn rejects_empty_and_mismatched_inputs() {
         let dir = tempfile::tempdir().unwrap();
-        let (images, labels) = data(0, 8);
-        assert!(
+        let error = |images: &Array4<f32>, labels: &Array3<u8>| {
             build(
-                &images,
-                &labels,
+                images,
+                labels,
                 &AugmentCacheConfig::default(),
                 1,
                 dir.path(),
-                &crate::NoProgress
+                &crate::NoProgress,
             )
             .unwrap_err()
             .to_string()
-            .contains("holds no slices")
-        );
+        };
+        let (images, labels) = data(0, 8);
+        assert!(error(&images, &labels).contains("holds no slices"));
         let (images, _) = data(2, 8);
         let (_, labels) = data(3, 8);
-        assert!(
-            build(
-                &images,
-                &labels,
-                &AugmentCacheConfig::default(),
-                1,
-                dir.path(),
-                &crate::NoProgress
-            )
-            .unwrap_err()
-            .to_string()
-            .contains("same split")
-        );
+        assert!(error(&images, &labels).contains("same split"));
         let bad = AugmentCacheConfig {
             copies: 0,
             ..Default::default()
