@@ -7,6 +7,7 @@ use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
 use burn::tensor::{Device, Distribution, Tensor, activation};
 
 use super::config::Flavour;
+use super::conv::conv2d_module;
 
 /// The non-linearity after a normalisation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -110,7 +111,8 @@ pub struct ConvBnAct {
 
 impl ConvBnAct {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.activation.apply(self.bn.forward(self.conv.forward(x)))
+        let y = conv2d_module(&self.conv, x);
+        self.activation.apply(self.bn.forward(y))
     }
 }
 
@@ -134,9 +136,8 @@ impl SqueezeExcitation {
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let pooled = x.clone().mean_dim(3).mean_dim(2);
-        let gate = self
-            .expand
-            .forward(activation::silu(self.reduce.forward(pooled)));
+        let reduced = activation::silu(conv2d_module(&self.reduce, pooled));
+        let gate = conv2d_module(&self.expand, reduced);
         x * activation::sigmoid(gate)
     }
 }

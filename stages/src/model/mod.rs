@@ -13,6 +13,7 @@
 
 mod blocks;
 mod config;
+mod conv;
 mod efficientnet;
 mod unet;
 mod weights;
@@ -22,6 +23,7 @@ pub use blocks::{
     StochasticDepth,
 };
 pub use config::{DEFAULT_DECODER_CHANNELS, EncoderKind, Flavour, UnetConfig};
+pub use conv::{conv2d, conv2d_module};
 pub use efficientnet::{
     EfficientNet, EfficientNetConfig, EfficientNetEncoder, EfficientNetTrace, EfficientNetVariant,
     HEAD_CHANNELS, NUM_BLOCKS, STAGE_LAST_BLOCKS, STEM_CHANNELS, feature_channels,

@@ -11,6 +11,7 @@ use burn::tensor::{Device, Tensor};
 
 use super::blocks::{ConvBnAct, ConvBnActConfig};
 use super::config::{EncoderKind, UnetConfig};
+use super::conv::conv2d_module;
 use super::efficientnet::{
     EfficientNetConfig, EfficientNetEncoder, EfficientNetVariant, feature_channels,
 };
@@ -221,7 +222,7 @@ impl Unet {
             h = block.forward(h, skip, [height, width]);
             decoder.push(h.clone());
         }
-        let logits = self.head.forward(h);
+        let logits = conv2d_module(&self.head, h);
         UnetTrace {
             features,
             decoder,
