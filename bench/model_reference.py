@@ -65,12 +65,15 @@ def main():
     ap.add_argument("--sizes", type=int, nargs="+", default=[512, 256])
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--modes", nargs="+", default=["train", "infer"], choices=["train", "infer"])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = smp.Unet("efficientnet-b0", encoder_weights=None, in_channels=1, classes=2)
     for size in args.sizes:
         for train, batch in ((True, 4), (False, 1)):
+            if ("train" if train else "infer") not in args.modes:
+                continue
             ips = bench(size, batch, train, args.steps, args.warmup, model)
             print(json.dumps({"tool": "pytorch", "mode": "train" if train else "infer", "size": size,
                               "batch": batch, "images_per_s": round(ips, 3), "peak_mib": round(peak_mib(), 1)}),

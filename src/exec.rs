@@ -79,7 +79,7 @@ pub fn exec(
         .into());
     }
     let wired: Vec<&str> = resolved.keys().map(String::as_str).collect();
-    kind.check_inputs(&wired)
+    kind.check_inputs(&wired, &params)
         .map_err(|m| Diagnostic::new(format!("kind {}: {m}", spec.name)))?;
     // Written into a hidden folder first and moved into place only on success.
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;

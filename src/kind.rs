@@ -120,7 +120,8 @@ pub trait StageKind: Send + Sync {
     fn params(&self, raw: &toml::Table) -> Result<serde_json::Value, ParamError>;
     /// Checks which optional inputs are wired together (e.g. "one source, not two"); the message
     /// says what to change.
-    fn check_inputs(&self, _wired: &[&str]) -> Result<(), String> {
+    /// `params` is the normalised params table (before any `params_from` merge).
+    fn check_inputs(&self, _wired: &[&str], _params: &serde_json::Value) -> Result<(), String> {
         Ok(())
     }
     fn run(&self, job: &StageJob<'_>) -> Result<(), StageFailure>;

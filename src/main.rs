@@ -1,3 +1,4 @@
 fn main() {
+    covseg_stages::allocator::keep_freed_memory();
     std::process::exit(covseg::run());
 }

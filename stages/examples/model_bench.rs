@@ -118,6 +118,7 @@ fn bench_infer(config: &UnetConfig, size: usize, steps: usize, warmup: usize) ->
 }
 
 fn main() {
+    covseg_stages::allocator::keep_freed_memory();
     let args = parse().unwrap_or_else(|e| {
         eprintln!("model_bench: {e}");
         std::process::exit(2);

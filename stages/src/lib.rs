@@ -1,6 +1,8 @@
 //! The CT domain of covseg: data readers and writers, synthetic phantoms, splits, augmentation, the
-//! U-Net model, metrics and plots (training and submission to come). Nothing here knows about caching.
+//! U-Net model and its training, ImageNet weights, metrics and plots. Nothing here knows about
+//! caching.
 
+pub mod allocator;
 pub mod augment;
 pub mod augmented;
 pub mod data;
@@ -9,6 +11,8 @@ pub mod metrics;
 #[cfg(feature = "model")]
 pub mod model;
 pub mod plot;
+#[cfg(feature = "model")]
+pub mod pretrained;
 pub mod progress;
 pub mod render;
 #[cfg(feature = "model")]

@@ -73,3 +73,53 @@ fn a_gpu_device_missing_from_the_build_is_a_param_error() {
     let done = t.run();
     assert!(done.stderr.contains("cuda"), "{}", done.stderr);
 }
+
+/// The real Lite0 ImageNet weights (../shared/fixtures) go through a `pretrained` stage into
+/// training; the bundle's encoder starts from them (its stem differs from a random one's).
+#[test]
+fn imagenet_weights_flow_from_a_pretrained_stage_into_training() {
+    let weights = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/fixtures/effnet_lite0/weights.safetensors");
+    if !weights.is_file() {
+        eprintln!(
+            "skipped: {} is absent (the shared fixtures)",
+            weights.display()
+        );
+        return;
+    }
+    let pipeline = PIPELINE
+        .replace(
+            "preprocessing = \"@split.preprocessing\" }",
+            "preprocessing = \"@split.preprocessing\", weights = \"@imagenet.weights\" }",
+        )
+        .replace(
+            "model = { encoder = \"plain\", encoder_depth = 3, decoder_channels = [32, 16, 8] }",
+            "encoder_weights = \"imagenet\", epochs = 1, model = { encoder = \"efficientnet-lite0\", encoder_depth = 3 }",
+        )
+        .replace("epochs = 2, ", "")
+        + &format!(
+            "\n[[stage]]\nname = \"imagenet\"\nkind = \"pretrained\"\ninputs = {{ file = \"{}\" }}\nparams = {{ encoder = \"efficientnet-lite0\" }}\n",
+            weights.display()
+        );
+    let mut t = Test::new().pipeline(&pipeline).args(["run"]);
+    t.run();
+    assert!(t.last_outcomes().iter().all(|(_, o)| o == "ran"));
+    assert_eq!(
+        std::fs::read(t.output("imagenet", "weights.safetensors")).unwrap(),
+        std::fs::read(&weights).unwrap()
+    );
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(t.output("train", "bundle/config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["encoder_weights"], "imagenet");
+    assert_eq!(config["model"]["encoder"], "efficientnet-lite0");
+}
+
+#[test]
+fn imagenet_weights_without_a_weights_input_are_refused_before_running() {
+    let pipeline = PIPELINE.replace("epochs = 2,", "encoder_weights = \"imagenet\", epochs = 2,");
+    let mut t = Test::new().pipeline(&pipeline).args(["run"]).status(2);
+    let done = t.run();
+    assert!(!t.cache().exists(), "nothing may run");
+    insta::assert_snapshot!(done.stderr);
+}

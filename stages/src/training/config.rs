@@ -22,6 +22,17 @@ pub enum DeviceChoice {
     Cuda,
 }
 
+/// Where the encoder's initial weights come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum EncoderWeights {
+    /// Random initialisation.
+    #[default]
+    None,
+    /// ImageNet weights, from the stage's `weights` input (a `pretrained` stage's output).
+    Imagenet,
+}
+
 /// How the per-pixel loss is put together: `bce · BCE + dice · soft Dice`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -50,6 +61,9 @@ impl Default for LossConfig {
 pub struct TrainConfig {
     /// The network (a nested `[params.model]` table). `classes` must be 2: GGO, consolidation.
     pub model: UnetConfig,
+    /// `"none"` (random) or `"imagenet"`: then the stage's `weights` input must be wired, for
+    /// example to a `pretrained` stage's `weights` output.
+    pub encoder_weights: EncoderWeights,
     pub epochs: usize,
     pub batch_size: usize,
     /// Peak learning rate of AdamW, reached at the end of the warm-up.
@@ -76,6 +90,7 @@ impl Default for TrainConfig {
     fn default() -> Self {
         Self {
             model: UnetConfig::default(),
+            encoder_weights: EncoderWeights::None,
             epochs: 40,
             batch_size: 8,
             lr: 1e-3,

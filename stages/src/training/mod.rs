@@ -14,7 +14,7 @@ mod train;
 
 pub use bundle::{Bundle, Thresholds, load as load_bundle};
 pub use checkpoint::{Checkpoints, TrainState, parameters};
-pub use config::{DeviceChoice, LossConfig, TrainConfig};
+pub use config::{DeviceChoice, EncoderWeights, LossConfig, TrainConfig};
 pub use data::{TARGET_LABELS, TrainingItems, Validation, epoch_order};
 pub use device::{TrainDevice, select as select_device};
 pub use early_stopping::{EarlyStopping, Verdict};

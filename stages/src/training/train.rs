@@ -14,7 +14,7 @@ use ndarray::{Array4, s};
 
 use super::bundle::{self, Thresholds, input_tensor, probabilities};
 use super::checkpoint::{Checkpoints, TrainState, load_module};
-use super::config::TrainConfig;
+use super::config::{EncoderWeights, TrainConfig};
 use super::data::{TARGET_LABELS, TrainingItems, Validation, epoch_order, mix, targets};
 use super::device::{self, TrainDevice};
 use super::early_stopping::Verdict;
@@ -197,8 +197,27 @@ pub fn train(
     device.seed(seed);
     autodiff.seed(seed);
     let mut model = config.model.init(&autodiff)?;
-    if let Some(path) = inputs.encoder_weights {
-        model = model.load_encoder(path, encoder_layout(path)?)?;
+    match (config.encoder_weights, inputs.encoder_weights) {
+        (EncoderWeights::Imagenet, Some(path)) => {
+            model = model.load_encoder(path, encoder_layout(path)?)?;
+        }
+        (EncoderWeights::Imagenet, None) => {
+            return Err(Error::invalid_param(
+                "encoder_weights",
+                "\"imagenet\" needs the stage's `weights` input, for example \
+                 `inputs.weights = \"@imagenet.weights\"` with a `pretrained` stage named imagenet",
+            ));
+        }
+        (EncoderWeights::None, Some(path)) => {
+            return Err(Error::invalid_param(
+                "encoder_weights",
+                format!(
+                    "is \"none\", but a `weights` input ({}) is wired; set encoder_weights = \"imagenet\" to use it",
+                    path.display()
+                ),
+            ));
+        }
+        (EncoderWeights::None, None) => {}
     }
     let mut optimizer: ModuleOptimizer = AdamWConfig::new()
         .with_weight_decay(config.weight_decay as f32)
