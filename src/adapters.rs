@@ -3,7 +3,7 @@
 
 use covseg_stages::augmented;
 use covseg_stages::data::{kaggle, npy, phantom, split, stats};
-use covseg_stages::{pretrained, training};
+use covseg_stages::{evaluate, predict, pretrained, submission, training};
 
 use crate::kind::{
     InputSpec, KindSpec, OutputSpec, ParamError, Resources, StageFailure, StageJob, StageKind,
@@ -19,6 +19,9 @@ pub fn registry() -> Registry {
         &AugmentCache,
         &Pretrained,
         &Train,
+        &Evaluate,
+        &Predict,
+        &PackageSubmission,
         &Stats,
     ])
 }
@@ -484,5 +487,267 @@ impl StageKind for Stats {
             .map_err(|e| StageFailure::internal(e.to_string()))?;
         std::fs::write(&path, text + "\n")
             .map_err(|e| StageFailure::internal(format!("{}: {e}", path.display())))
+    }
+}
+
+struct Evaluate;
+
+const EVAL_METRICS: OutputSpec = OutputSpec {
+    name: "metrics",
+    file: "metrics.json",
+    about: "score, per-class F1 / per-image Dice / precision / recall / IoU, chosen thresholds, the sweep, time per slice",
+};
+const EVAL_PER_SLICE: OutputSpec = OutputSpec {
+    name: "per_slice",
+    file: "per_slice.csv",
+    about: "per validation slice: Dice per class and pixel counts",
+};
+const EVAL_BUNDLE: OutputSpec = OutputSpec {
+    name: "bundle",
+    file: "bundle",
+    about: "the bundle with the thresholds chosen on validation (what predict should use)",
+};
+const EVAL_REPORT: OutputSpec = OutputSpec {
+    name: "report",
+    file: "report",
+    about: "folder: report.html, best.png and worst.png (CT, truth, prediction), curve.png",
+};
+
+impl StageKind for Evaluate {
+    fn spec(&self) -> &KindSpec {
+        const SPEC: KindSpec = KindSpec {
+            name: "evaluate",
+            version: 1,
+            about: "scores a bundle on the validation slices (Kaggle F1), picks per-class thresholds by a sweep, reports best and worst slices",
+            inputs: &[
+                InputSpec {
+                    name: "bundle",
+                    required: true,
+                    about: "a train stage's bundle",
+                },
+                InputSpec {
+                    name: "val_images",
+                    required: true,
+                    about: "a split's val_images",
+                },
+                InputSpec {
+                    name: "val_labels",
+                    required: true,
+                    about: "a split's val_labels",
+                },
+                InputSpec {
+                    name: "curve",
+                    required: false,
+                    about: "a train stage's curve, shown in the report",
+                },
+            ],
+            outputs: &[EVAL_METRICS, EVAL_PER_SLICE, EVAL_BUNDLE, EVAL_REPORT],
+            uses_seed: false,
+            resources: ALL_CPUS,
+        };
+        &SPEC
+    }
+
+    fn params(&self, raw: &toml::Table) -> Result<serde_json::Value, ParamError> {
+        typed_params::<evaluate::EvaluateConfig>(raw, |c| c.validate().map_err(|e| e.to_string()))
+    }
+
+    fn run(&self, job: &StageJob<'_>) -> Result<(), StageFailure> {
+        let config: evaluate::EvaluateConfig = job.config()?;
+        let (metrics, per_slice, bundle, report) = (
+            job.output(&EVAL_METRICS),
+            job.output(&EVAL_PER_SLICE),
+            job.output(&EVAL_BUNDLE),
+            job.output(&EVAL_REPORT),
+        );
+        let result = evaluate::evaluate(
+            job.required("bundle")?,
+            job.required("val_images")?,
+            job.required("val_labels")?,
+            job.input("curve"),
+            &config,
+            &evaluate::EvaluateOutputs {
+                metrics: &metrics,
+                per_slice: &per_slice,
+                bundle: &bundle,
+                report: &report,
+            },
+            job.progress,
+        )?;
+        tracing::info!(
+            "validation score {:.4} (GGO {:.4}, consolidation {:.4}) at thresholds {} / {}; {:.4} before the sweep",
+            result.metrics.score,
+            result.metrics.classes[0].f1,
+            result.metrics.classes[1].f1,
+            result.thresholds.ggo,
+            result.thresholds.consolidation,
+            result.score_before_sweep
+        );
+        Ok(())
+    }
+}
+
+struct Predict;
+
+const PREDICT_OUT: OutputSpec = OutputSpec {
+    name: "predictions",
+    file: "predictions",
+    about: "folder: masks.npy (N,H,W,2) bool for .npy input, or <id>.png labels (0/1 GGO/2 consolidation) for an image folder",
+};
+const PREDICT_OVERLAYS: OutputSpec = OutputSpec {
+    name: "overlays",
+    file: "overlays.png",
+    about: "the first slices with the prediction overlaid (GGO red, consolidation green)",
+};
+const PREDICT_TIMING: OutputSpec = OutputSpec {
+    name: "timing",
+    file: "timing.json",
+    about: "slices, TTA, model seconds per slice",
+};
+
+impl StageKind for Predict {
+    fn spec(&self) -> &KindSpec {
+        const SPEC: KindSpec = KindSpec {
+            name: "predict",
+            version: 1,
+            about: "applies a bundle (with its thresholds) to new slices: the Kaggle test .npy or an image folder; optional flip TTA",
+            inputs: &[
+                InputSpec {
+                    name: "bundle",
+                    required: true,
+                    about: "a train or evaluate stage's bundle",
+                },
+                InputSpec {
+                    name: "images",
+                    required: false,
+                    about: "Kaggle-layout images (N,H,W,1) in HU, e.g. test_images_medseg.npy",
+                },
+                InputSpec {
+                    name: "folder",
+                    required: false,
+                    about: "an image folder (images/<id>.png|jpg, or the images themselves)",
+                },
+            ],
+            outputs: &[PREDICT_OUT, PREDICT_OVERLAYS, PREDICT_TIMING],
+            uses_seed: false,
+            resources: ALL_CPUS,
+        };
+        &SPEC
+    }
+
+    fn params(&self, raw: &toml::Table) -> Result<serde_json::Value, ParamError> {
+        typed_params::<predict::PredictConfig>(raw, |c| c.validate().map_err(|e| e.to_string()))
+    }
+
+    fn check_inputs(&self, wired: &[&str], _params: &serde_json::Value) -> Result<(), String> {
+        match (wired.contains(&"images"), wired.contains(&"folder")) {
+            (true, true) => Err("give either `images` (.npy) or `folder`, not both".into()),
+            (false, false) => {
+                Err("needs `images` (Kaggle .npy) or `folder` (an image folder)".into())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn run(&self, job: &StageJob<'_>) -> Result<(), StageFailure> {
+        let config: predict::PredictConfig = job.config()?;
+        let device = training::select_device(config.device)?;
+        let bundle = training::load_bundle(job.required("bundle")?, &device.device)?;
+        let input = match job.input("folder") {
+            Some(folder) => predict::PredictInput::Folder(folder.to_owned()),
+            None => predict::PredictInput::Kaggle(job.required("images")?.to_owned()),
+        };
+        let out = job.output(&PREDICT_OUT);
+        let done = predict::predict(&bundle, &input, &config, &out, job.progress)?;
+        let picture = covseg_stages::render::grid(
+            &done
+                .overlays
+                .into_iter()
+                .map(|t| covseg_stages::render::fit(t, 256))
+                .collect::<Vec<_>>(),
+            4,
+        );
+        covseg_stages::render::save_png(&job.output(&PREDICT_OVERLAYS), &picture)?;
+        let timing = job.output(&PREDICT_TIMING);
+        let text = serde_json::to_string_pretty(&done.timing)
+            .map_err(|e| StageFailure::internal(e.to_string()))?;
+        std::fs::write(&timing, text + "\n")
+            .map_err(|e| StageFailure::internal(format!("{}: {e}", timing.display())))?;
+        tracing::info!(
+            "predicted {} slices on {} in {:.3} s per slice (TTA {:?})",
+            done.timing.slices,
+            device.name,
+            done.timing.seconds_per_slice,
+            done.timing.tta
+        );
+        Ok(())
+    }
+}
+
+struct PackageSubmission;
+
+const SUBMISSION_OUT: OutputSpec = OutputSpec {
+    name: "submission",
+    file: "submission",
+    about: "folder: submission.csv (or submission.csv.gz) with Id,Predicted, validated",
+};
+const SUBMISSION_SUMMARY: OutputSpec = OutputSpec {
+    name: "summary",
+    file: "summary.json",
+    about: "the file name, rows and positive rows per class",
+};
+
+impl StageKind for PackageSubmission {
+    fn spec(&self) -> &KindSpec {
+        const SPEC: KindSpec = KindSpec {
+            name: "package-submission",
+            version: 1,
+            about: "predicted masks → the Kaggle CSV Id,Predicted (Id = ((n·512+y)·512+x)·2+c), streamed and validated, optional gzip",
+            inputs: &[InputSpec {
+                name: "predictions",
+                required: true,
+                about: "a predict stage's predictions (its masks.npy), or a (N,512,512,2) bool .npy",
+            }],
+            outputs: &[SUBMISSION_OUT, SUBMISSION_SUMMARY],
+            uses_seed: false,
+            resources: Resources { gpu: 0, cpu: 1 },
+        };
+        &SPEC
+    }
+
+    fn params(&self, raw: &toml::Table) -> Result<serde_json::Value, ParamError> {
+        typed_params::<submission::SubmissionConfig>(raw, |c| {
+            c.validate().map_err(|e| e.to_string())
+        })
+    }
+
+    fn run(&self, job: &StageJob<'_>) -> Result<(), StageFailure> {
+        let config: submission::SubmissionConfig = job.config()?;
+        let input = job.required("predictions")?;
+        let path = if input.is_dir() {
+            input.join("masks.npy")
+        } else {
+            input.to_owned()
+        };
+        let masks: ndarray::Array4<bool> = npy::read(&path)?;
+        let dir = job.output(&SUBMISSION_OUT);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| StageFailure::internal(format!("{}: {e}", dir.display())))?;
+        let file = dir.join(config.file_name());
+        let summary = submission::write(&file, masks.view(), &config)?;
+        let record = serde_json::json!({
+            "file": config.file_name(),
+            "rows": summary.rows,
+            "positive": { "ggo": summary.positive[0], "consolidation": summary.positive[1] },
+        });
+        let out = job.output(&SUBMISSION_SUMMARY);
+        std::fs::write(&out, format!("{record:#}\n"))
+            .map_err(|e| StageFailure::internal(format!("{}: {e}", out.display())))?;
+        tracing::info!(
+            "wrote {} ({} rows, validated)",
+            config.file_name(),
+            summary.rows
+        );
+        Ok(())
     }
 }

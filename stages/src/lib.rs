@@ -7,14 +7,19 @@ pub mod augment;
 pub mod augmented;
 pub mod data;
 pub mod error;
+#[cfg(feature = "model")]
+pub mod evaluate;
 pub mod metrics;
 #[cfg(feature = "model")]
 pub mod model;
 pub mod plot;
 #[cfg(feature = "model")]
+pub mod predict;
+#[cfg(feature = "model")]
 pub mod pretrained;
 pub mod progress;
 pub mod render;
+pub mod submission;
 #[cfg(feature = "model")]
 pub mod training;
 

@@ -9,5 +9,6 @@ mod demo;
 mod kill;
 mod params_from;
 mod run;
+mod submission;
 mod test;
 mod train;

@@ -74,13 +74,12 @@ fn natural_key(id: &str) -> Vec<(u64, String)> {
     key
 }
 
-/// The ids of `root/images`, each with its image path; every one must have `root/masks/<id>.png`.
-pub fn list(root: &Path) -> Result<Vec<(String, PathBuf)>> {
-    let images = root.join("images");
-    let entries = std::fs::read_dir(&images).map_err(|e| Error::io(&images, e))?;
+/// The png/jpg images directly in `dir` as (id, path), in natural id order; an id may appear once.
+fn scan(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
     let mut found = Vec::new();
     for entry in entries {
-        let path = entry.map_err(|e| Error::io(&images, e))?.path();
+        let path = entry.map_err(|e| Error::io(dir, e))?.path();
         let ext = path
             .extension()
             .map(|e| e.to_string_lossy().to_lowercase())
@@ -91,20 +90,52 @@ pub fn list(root: &Path) -> Result<Vec<(String, PathBuf)>> {
             found.push((stem.to_string_lossy().into_owned(), path));
         }
     }
-    if found.is_empty() {
-        return Err(Error::invalid_data(
-            &images,
-            "holds no .png or .jpg images; an image-folder dataset needs images/<id>.png|jpg and masks/<id>.png",
-        ));
-    }
     found.sort_by_key(|(id, _)| natural_key(id));
     if let Some(pair) = found.windows(2).find(|p| p[0].0 == p[1].0) {
         return Err(Error::invalid_data(
             &pair[1].1,
             format!(
-                "id {} appears twice in images/ (keep one file per id)",
-                pair[0].0
+                "id {} appears twice in {} (keep one file per id)",
+                pair[0].0,
+                dir.display()
             ),
+        ));
+    }
+    Ok(found)
+}
+
+/// The images to predict in a folder: `root/images/` when it exists, else `root` itself.
+pub fn list_images(root: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let images = root.join("images");
+    let dir = if images.is_dir() {
+        images
+    } else {
+        root.to_path_buf()
+    };
+    let found = scan(&dir)?;
+    if found.is_empty() {
+        return Err(Error::invalid_data(&dir, "holds no .png or .jpg images"));
+    }
+    Ok(found)
+}
+
+/// One image reduced to grey (luma), values 0…255.
+pub fn read_grey(path: &Path) -> Result<Array2<f32>> {
+    let grey = decode(path)?.to_luma8();
+    let (w, h) = (grey.width() as usize, grey.height() as usize);
+    Ok(Array2::from_shape_vec((h, w), grey.into_raw())
+        .expect("h×w pixels")
+        .mapv(f32::from))
+}
+
+/// The ids of `root/images`, each with its image path; every one must have `root/masks/<id>.png`.
+pub fn list(root: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let images = root.join("images");
+    let found = scan(&images)?;
+    if found.is_empty() {
+        return Err(Error::invalid_data(
+            &images,
+            "holds no .png or .jpg images; an image-folder dataset needs images/<id>.png|jpg and masks/<id>.png",
         ));
     }
     for (id, _) in &found {

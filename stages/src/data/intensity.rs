@@ -2,7 +2,7 @@
 //! 8-bit path for images that are already windowed, then normalisation with training statistics.
 //! The split stores it so training, evaluation and prediction apply exactly the same transform.
 
-use ndarray::{Array3, ArrayView2, ArrayViewMut3, Axis};
+use ndarray::{Array2, Array3, ArrayView2, ArrayViewMut3, Axis};
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
@@ -27,6 +27,11 @@ impl Window {
 
     pub fn apply(&self, hu: f32) -> f32 {
         ((hu - (self.center - self.width / 2.0)) / self.width).clamp(0.0, 1.0)
+    }
+
+    /// [`Window::apply`] on every pixel of a slice.
+    pub fn apply_all(&self, hu: ArrayView2<f32>) -> Array2<f32> {
+        hu.mapv(|v| self.apply(v))
     }
 }
 

@@ -57,7 +57,11 @@ pub fn write(
 ) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let weights = dir.join(WEIGHTS);
-    let mut store = SafetensorsStore::from_file(&weights).overwrite(true);
+    // Without Burn's metadata: it is a HashMap, written in a different order by every process,
+    // and identical weights must give identical bytes (the cache keys what follows on them).
+    let mut store = SafetensorsStore::from_file(&weights)
+        .overwrite(true)
+        .clear_metadata();
     model
         .save_into(&mut store)
         .map_err(|e| Error::invalid_data(&weights, format!("cannot save weights: {e}")))?;

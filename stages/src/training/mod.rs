@@ -12,7 +12,12 @@ mod loss;
 mod schedule;
 mod train;
 
-pub use bundle::{Bundle, Thresholds, load as load_bundle};
+pub use bundle::{Bundle, Thresholds, load as load_bundle, write as write_bundle};
+
+/// The weights file's name inside a bundle folder.
+pub fn bundle_weights_file() -> &'static str {
+    bundle::WEIGHTS
+}
 pub use checkpoint::{Checkpoints, TrainState, parameters};
 pub use config::{DeviceChoice, EncoderWeights, LossConfig, TrainConfig};
 pub use data::{TARGET_LABELS, TrainingItems, Validation, epoch_order};
