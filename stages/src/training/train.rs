@@ -169,6 +169,8 @@ fn validate(
     ))
 }
 
+static TRAINING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Trains a U-Net as `config` says on the shards, validating on the split's validation part.
 /// Resumes from the checkpoint in `work_dir` when one is there (same inputs, config and seed).
 pub fn train(
@@ -180,6 +182,11 @@ pub fn train(
     progress: &dyn Progress,
 ) -> Result<TrainReport> {
     config.validate()?;
+    // Burn's random generator is one per device and process: two trainings at once would draw
+    // from it in turns and neither would be reproducible. One at a time per process.
+    let _one_at_a_time = TRAINING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let items = TrainingItems::open(inputs.shards)?;
     let val = Validation::read(inputs.val_images, inputs.val_labels)?;
     let preprocessing = read_preprocessing(inputs.preprocessing)?;
