@@ -246,6 +246,10 @@ pub fn predict(
             (slices, Some(found.into_iter().map(|(id, _)| id).collect()))
         }
     };
+    if slices.is_empty() {
+        let (PredictInput::Kaggle(path) | PredictInput::Folder(path)) = input;
+        return Err(Error::invalid_data(path, "holds no slices to predict"));
+    }
     if bundle.preprocessing.source == SourceKind::Hu && names.is_some() {
         return Err(Error::invalid_data(
             match input {
@@ -426,6 +430,29 @@ mod tests {
         assert!(
             ordinary > 1e-4,
             "ordinary kernels differ by only {ordinary}"
+        );
+    }
+
+    #[test]
+    fn an_empty_images_file_is_an_input_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = bundle(&dir.path().join("bundle"), false);
+        let images = dir.path().join("empty.npy");
+        crate::data::kaggle::write_images(&images, &ndarray::Array4::<f64>::zeros((0, 8, 8, 1)))
+            .unwrap();
+        let err = predict(
+            &model,
+            &PredictInput::Kaggle(images),
+            &PredictConfig::default(),
+            &dir.path().join("out"),
+            &crate::NoProgress,
+        )
+        .unwrap_err();
+        assert!(err.is_input_error());
+        assert!(
+            err.to_string()
+                .ends_with("empty.npy: holds no slices to predict"),
+            "{err}"
         );
     }
 
