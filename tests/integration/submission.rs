@@ -2,38 +2,16 @@
 
 use crate::test::Test;
 
-const PIPELINE: &str = r#"
-[pipeline]
-name = "submission-tiny"
-seed = 5
+/// The train tests' pipeline, then test phantoms, evaluate, predict and the submission.
+fn pipeline() -> String {
+    format!("{}{STAGES}", crate::train::PIPELINE)
+}
 
-[[stage]]
-name = "phantoms"
-kind = "synth"
-params = { slices = 12, size = 64 }
-
+const STAGES: &str = r#"
 [[stage]]
 name = "test-phantoms"
 kind = "synth"
 params = { slices = 3, size = 64 }
-
-[[stage]]
-name = "split"
-kind = "split"
-inputs = { medseg_images = "@phantoms.images", medseg_masks = "@phantoms.masks" }
-params = { folds = 1, val_fraction = 0.25 }
-
-[[stage]]
-name = "augment"
-kind = "augment-cache"
-inputs = { images = "@split.train_images", labels = "@split.train_labels" }
-params = { copies = 1 }
-
-[[stage]]
-name = "train"
-kind = "train"
-inputs = { shards = "@augment.shards", val_images = "@split.val_images", val_labels = "@split.val_labels", preprocessing = "@split.preprocessing" }
-params = { epochs = 2, batch_size = 4, device = "cpu", model = { encoder = "plain", encoder_depth = 3, decoder_channels = [32, 16, 8] } }
 
 [[stage]]
 name = "evaluate"
@@ -56,7 +34,7 @@ params = { size = 64 }
 
 #[test]
 fn a_trained_bundle_becomes_a_validated_submission() {
-    let mut t = Test::new().pipeline(PIPELINE).args(["run"]);
+    let mut t = Test::new().pipeline(&pipeline()).args(["run"]);
     t.run();
     assert!(t.last_outcomes().iter().all(|(_, o)| o == "ran"));
 
@@ -111,7 +89,7 @@ fn a_trained_bundle_becomes_a_validated_submission() {
     assert!(t.last_outcomes().iter().all(|(_, o)| o == "hit"));
 
     // One evaluate param changes: evaluate reruns, nothing upstream does.
-    let changed = PIPELINE.replace("report_slices = 2", "report_slices = 1");
+    let changed = pipeline().replace("report_slices = 2", "report_slices = 1");
     std::fs::write(t.path().join("pipeline.toml"), changed).unwrap();
     t.then(["run"]).go();
     for (stage, outcome) in t.last_outcomes() {
@@ -126,7 +104,7 @@ fn a_trained_bundle_becomes_a_validated_submission() {
 
 #[test]
 fn predict_needs_exactly_one_source() {
-    let pipeline = PIPELINE.replace(
+    let pipeline = pipeline().replace(
         "inputs = { bundle = \"@evaluate.bundle\", images = \"@test-phantoms.images\" }",
         "inputs = { bundle = \"@evaluate.bundle\" }",
     );

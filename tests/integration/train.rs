@@ -3,7 +3,8 @@
 
 use crate::test::Test;
 
-const PIPELINE: &str = r#"
+/// Phantoms → split → augment → a two-epoch plain U-Net; other tests append stages to it.
+pub const PIPELINE: &str = r#"
 [pipeline]
 name = "train-tiny"
 seed = 3
