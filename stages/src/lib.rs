@@ -22,6 +22,7 @@ pub mod render;
 pub mod submission;
 #[cfg(feature = "model")]
 pub mod training;
+pub mod tune;
 
 pub use error::{Error, Result};
 pub use progress::{NoProgress, Progress};
