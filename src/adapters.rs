@@ -7,7 +7,7 @@ use covseg_stages::{evaluate, predict, pretrained, submission, training};
 
 use crate::kind::{
     InputSpec, KindSpec, OutputSpec, ParamError, Resources, StageFailure, StageJob, StageKind,
-    typed_params,
+    TrialProgress, Tunable, typed_params,
 };
 use crate::registry::Registry;
 
@@ -19,6 +19,7 @@ pub fn registry() -> Registry {
         &AugmentCache,
         &Pretrained,
         &Train,
+        &Tune,
         &Evaluate,
         &Predict,
         &PackageSubmission,
@@ -316,13 +317,199 @@ const TRAIN_CURVE: OutputSpec = OutputSpec {
     file: "curve.png",
     about: "train/val loss and validation F1 per epoch",
 };
+const TRAIN_RECIPE: OutputSpec = OutputSpec {
+    name: "recipe",
+    file: "recipe.json",
+    about: "these params with epochs = the best epoch and early stopping off: `params_from` of a final training on train + validation",
+};
 
 impl StageKind for Train {
     fn spec(&self) -> &KindSpec {
         const SPEC: KindSpec = KindSpec {
             name: "train",
-            version: 2,
-            about: "trains the U-Net (AdamW, BCE + Dice, warm-up + cosine) on augmented shards, early-stops on validation F1, resumes after a kill",
+            version: 3,
+            about: "trains the U-Net (AdamW, BCE + Dice, warm-up + cosine) on augmented shards, early-stops on validation F1, resumes after a kill; without validation inputs (a final training) it keeps the last epoch",
+            inputs: &[
+                InputSpec {
+                    name: "shards",
+                    required: true,
+                    about: "an augment-cache stage's shards",
+                },
+                InputSpec {
+                    name: "val_images",
+                    required: false,
+                    about: "a split's val_images (leave out, with val_labels, for a final training)",
+                },
+                InputSpec {
+                    name: "val_labels",
+                    required: false,
+                    about: "a split's val_labels",
+                },
+                InputSpec {
+                    name: "preprocessing",
+                    required: true,
+                    about: "a split's preprocessing",
+                },
+                InputSpec {
+                    name: "weights",
+                    required: false,
+                    about: "with encoder_weights = \"imagenet\": a pretrained stage's weights (or a .safetensors, torchvision or lukemelas layout)",
+                },
+            ],
+            outputs: &[TRAIN_BUNDLE, TRAIN_METRICS, TRAIN_CURVE, TRAIN_RECIPE],
+            uses_seed: true,
+            // The spec is static, so a GPU run cannot claim `gpu = 1` here yet; all CPU threads
+            // covers flex, and `resources = { gpu = 1 }` in the pipeline covers a GPU run.
+            resources: ALL_CPUS,
+        };
+        &SPEC
+    }
+
+    fn params(&self, raw: &toml::Table) -> Result<serde_json::Value, ParamError> {
+        typed_params::<training::TrainConfig>(raw, |c| c.validate().map_err(|e| e.to_string()))
+    }
+
+    fn check_inputs(&self, wired: &[&str], params: &serde_json::Value) -> Result<(), String> {
+        check_train_inputs(wired, params)
+    }
+
+    fn run(&self, job: &StageJob<'_>) -> Result<(), StageFailure> {
+        let report = run_training(job, None)?;
+        tracing::info!(
+            "trained on {}: best validation score {:.4} at epoch {} of {}{}",
+            report.device,
+            report.best_score,
+            report.best_epoch,
+            report.history.len(),
+            if report.stopped_early {
+                " (stopped early)"
+            } else {
+                ""
+            }
+        );
+        Ok(())
+    }
+
+    fn tunable(&self) -> Option<&dyn Tunable> {
+        Some(self)
+    }
+}
+
+impl Tunable for Train {
+    fn run_until(&self, job: &StageJob<'_>, epochs: usize) -> Result<TrialProgress, StageFailure> {
+        let report = run_training(job, Some(epochs))?;
+        Ok(TrialProgress {
+            scores: report
+                .history
+                .iter()
+                .map(|r| r.val_score.unwrap_or(f64::NAN))
+                .collect(),
+            complete: report.complete,
+        })
+    }
+
+    fn scores(&self, out_dir: &std::path::Path) -> Result<Vec<f64>, StageFailure> {
+        let path = out_dir.join(TRAIN_METRICS.file);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| StageFailure::internal(format!("{}: {e}", path.display())))?;
+        text.lines()
+            .map(|line| {
+                serde_json::from_str::<training::EpochRecord>(line)
+                    .map(|r| r.val_score.unwrap_or(f64::NAN))
+                    .map_err(|e| StageFailure::internal(format!("{}: {e}", path.display())))
+            })
+            .collect()
+    }
+}
+
+fn check_train_inputs(wired: &[&str], params: &serde_json::Value) -> Result<(), String> {
+    match (wired.contains(&"val_images"), wired.contains(&"val_labels")) {
+        (true, false) => return Err("has `val_images` but no `val_labels`: wire both (e.g. `\"@split.val_labels\"`) or neither".into()),
+        (false, true) => return Err("has `val_labels` but no `val_images`: wire both (e.g. `\"@split.val_images\"`) or neither".into()),
+        _ => {}
+    }
+    {
+        let imagenet = params["encoder_weights"] == "imagenet";
+        match (imagenet, wired.contains(&"weights")) {
+            (true, false) => Err(
+                "encoder_weights = \"imagenet\" needs `inputs.weights`, for example the output of a stage `{ name = \"imagenet\", kind = \"pretrained\", params = { encoder = \"efficientnet-lite0\" } }` wired as `inputs.weights = \"@imagenet.weights\"`".into(),
+            ),
+            (false, true) => Err(
+                "has a `weights` input but encoder_weights is \"none\": set params.encoder_weights = \"imagenet\" to start from those weights, or drop the input".into(),
+            ),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A train job, to the end or (a tuning trial's segment) until `until` epochs are done.
+fn run_training(
+    job: &StageJob<'_>,
+    until: Option<usize>,
+) -> Result<training::TrainReport, StageFailure> {
+    let config: training::TrainConfig = job.config()?;
+    let validation = match (job.input("val_images"), job.input("val_labels")) {
+        (Some(images), Some(labels)) => Some((images, labels)),
+        _ => None,
+    };
+    let inputs = training::TrainInputs {
+        shards: job.required("shards")?,
+        validation,
+        preprocessing: job.required("preprocessing")?,
+        encoder_weights: job.input("weights"),
+    };
+    let (bundle, metrics, curve, recipe) = (
+        job.output(&TRAIN_BUNDLE),
+        job.output(&TRAIN_METRICS),
+        job.output(&TRAIN_CURVE),
+        job.output(&TRAIN_RECIPE),
+    );
+    let outputs = training::TrainOutputs {
+        bundle: &bundle,
+        metrics: &metrics,
+        curve: &curve,
+        recipe: Some(&recipe),
+    };
+    Ok(training::train_until(
+        &inputs,
+        &config,
+        job.seed,
+        job.work_dir,
+        &outputs,
+        job.progress,
+        until,
+    )?)
+}
+
+struct Tune;
+
+const TUNE_CSV: OutputSpec = OutputSpec {
+    name: "trials_csv",
+    file: "trials.csv",
+    about: "one row per trial: state, searched params, epochs, best score, score per epoch, time, key",
+};
+const TUNE_JSON: OutputSpec = OutputSpec {
+    name: "trials",
+    file: "trials.json",
+    about: "the same as JSON, with the rungs, the best trial and its params",
+};
+const TUNE_BEST: OutputSpec = OutputSpec {
+    name: "best_params",
+    file: "best_params.json",
+    about: "the best trial's complete train params: `params_from` of the train stage",
+};
+const TUNE_PLOTS: OutputSpec = OutputSpec {
+    name: "plots",
+    file: "plots",
+    about: "folder: trials.png (score per trial), <param>.png (score against each numeric searched param)",
+};
+
+impl StageKind for Tune {
+    fn spec(&self) -> &KindSpec {
+        const SPEC: KindSpec = KindSpec {
+            name: "tune",
+            version: 1,
+            about: "searches train params (random or TPE sampler, ASHA pruning on validation F1); each trial is a cached train run in its own process",
             inputs: &[
                 InputSpec {
                     name: "shards",
@@ -332,7 +519,7 @@ impl StageKind for Train {
                 InputSpec {
                     name: "val_images",
                     required: true,
-                    about: "a split's val_images",
+                    about: "a split's val_images (trials are scored on them)",
                 },
                 InputSpec {
                     name: "val_labels",
@@ -347,75 +534,75 @@ impl StageKind for Train {
                 InputSpec {
                     name: "weights",
                     required: false,
-                    about: "with encoder_weights = \"imagenet\": a pretrained stage's weights (or a .safetensors, torchvision or lukemelas layout)",
+                    about: "with train.encoder_weights = \"imagenet\": a pretrained stage's weights",
                 },
             ],
-            outputs: &[TRAIN_BUNDLE, TRAIN_METRICS, TRAIN_CURVE],
+            outputs: &[TUNE_CSV, TUNE_JSON, TUNE_BEST, TUNE_PLOTS],
             uses_seed: true,
-            // The spec is static, so a GPU run cannot claim `gpu = 1` here yet; all CPU threads
-            // covers flex, and `resources = { gpu = 1 }` in the pipeline covers a GPU run.
             resources: ALL_CPUS,
         };
         &SPEC
     }
 
     fn params(&self, raw: &toml::Table) -> Result<serde_json::Value, ParamError> {
-        typed_params::<training::TrainConfig>(raw, |c| c.validate().map_err(|e| e.to_string()))
+        let mut value = typed_params::<covseg_stages::tune::TuneConfig>(raw, |c| {
+            c.validate().map_err(|e| e.to_string())
+        })?;
+        let train_raw = raw
+            .get("train")
+            .and_then(toml::Value::as_table)
+            .cloned()
+            .unwrap_or_default();
+        let base = Train.params(&train_raw).map_err(|e| ParamError {
+            key: Some("train".into()),
+            message: e
+                .message
+                .strip_prefix("params.")
+                .unwrap_or(&e.message)
+                .to_owned(),
+            help: e.help,
+        })?;
+        let space: covseg_stages::tune::SearchSpace =
+            serde_json::from_value(value["space"].clone()).map_err(|e| ParamError {
+                key: Some("space".into()),
+                message: e.to_string(),
+                help: None,
+            })?;
+        for (path, dist) in &space {
+            let fail = |message: String, help: Option<String>| ParamError {
+                key: Some("space".into()),
+                message,
+                help,
+            };
+            if path == "epochs" {
+                return Err(fail(
+                    "space.epochs: the epoch count is each trial's budget, not a searched param".into(),
+                    Some("set train.epochs to the longest run; the pruner decides how many epochs each trial gets".into()),
+                ));
+            }
+            for v in dist.extremes() {
+                let sample = covseg_stages::tune::Sample::from([(path.clone(), v.clone())]);
+                crate::tuner::trial_params(&Train, &base, &sample)
+                    .map_err(|m| fail(format!("space.{path} = {v}: {m}"), None))?;
+            }
+        }
+        value["train"] = base;
+        Ok(value)
     }
 
     fn check_inputs(&self, wired: &[&str], params: &serde_json::Value) -> Result<(), String> {
-        let imagenet = params["encoder_weights"] == "imagenet";
-        match (imagenet, wired.contains(&"weights")) {
-            (true, false) => Err(
-                "encoder_weights = \"imagenet\" needs `inputs.weights`, for example the output of a stage `{ name = \"imagenet\", kind = \"pretrained\", params = { encoder = \"efficientnet-lite0\" } }` wired as `inputs.weights = \"@imagenet.weights\"`".into(),
-            ),
-            (false, true) => Err(
-                "has a `weights` input but encoder_weights is \"none\": set params.encoder_weights = \"imagenet\" to start from those weights, or drop the input".into(),
-            ),
-            _ => Ok(()),
-        }
+        check_train_inputs(wired, &params["train"])
     }
 
     fn run(&self, job: &StageJob<'_>) -> Result<(), StageFailure> {
-        let config: training::TrainConfig = job.config()?;
-        let inputs = training::TrainInputs {
-            shards: job.required("shards")?,
-            val_images: job.required("val_images")?,
-            val_labels: job.required("val_labels")?,
-            preprocessing: job.required("preprocessing")?,
-            encoder_weights: job.input("weights"),
+        let config: covseg_stages::tune::TuneConfig = job.config()?;
+        let outputs = crate::tuner::TuneOutputs {
+            csv: job.output(&TUNE_CSV),
+            json: job.output(&TUNE_JSON),
+            best_params: job.output(&TUNE_BEST),
+            plots: job.output(&TUNE_PLOTS),
         };
-        let (bundle, metrics, curve) = (
-            job.output(&TRAIN_BUNDLE),
-            job.output(&TRAIN_METRICS),
-            job.output(&TRAIN_CURVE),
-        );
-        let outputs = training::TrainOutputs {
-            bundle: &bundle,
-            metrics: &metrics,
-            curve: &curve,
-        };
-        let report = training::train(
-            &inputs,
-            &config,
-            job.seed,
-            job.work_dir,
-            &outputs,
-            job.progress,
-        )?;
-        tracing::info!(
-            "trained on {}: best validation score {:.4} at epoch {} of {}{}",
-            report.device,
-            report.best_score,
-            report.best_epoch,
-            report.history.len(),
-            if report.stopped_early {
-                " (stopped early)"
-            } else {
-                ""
-            }
-        );
-        Ok(())
+        crate::tuner::run(job, &Train, &config, &outputs)
     }
 }
 

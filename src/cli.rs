@@ -111,6 +111,22 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
+    /// Run one segment of a tuning trial: `covseg trial SPEC --until N --report FILE`. A tune
+    /// stage writes the spec (in its work folder in the cache) and runs these commands; another
+    /// executor (a cluster scheduler) may run the same commands on machines sharing the cache.
+    Trial {
+        /// The trial's spec file.
+        spec: PathBuf,
+        /// Run until this many epochs are done (the trial goes on from its checkpoint).
+        #[arg(long, value_name = "EPOCHS")]
+        until: usize,
+        /// Worker threads.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Where to write the JSON report (scores per epoch, complete, error).
+        #[arg(long, value_name = "FILE")]
+        report: PathBuf,
+    },
     /// Print blake3 digests of files, as b3sum does.
     Hash {
         #[arg(required = true)]
@@ -284,6 +300,12 @@ pub fn execute(cli: Cli) -> Result<()> {
         } => print(&crate::exec::exec(
             &registry, &kind, &inputs, &params, seed, &out,
         )?),
+        Command::Trial {
+            spec,
+            until,
+            threads,
+            report,
+        } => crate::trial::run(&spec, until, threads, &report),
         Command::Hash { files } => {
             let mut text = String::new();
             for f in &files {

@@ -94,6 +94,7 @@ pub fn exec(
         out_dir: &staging,
         work_dir: &work,
         progress: &covseg_stages::NoProgress,
+        engine: None,
     };
     let result = kind.run(&job);
     let finish = match result {

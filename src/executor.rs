@@ -13,7 +13,7 @@ use crate::config::{Pipeline, Stage};
 use crate::dag::Dag;
 use crate::error::{Error, Result};
 use crate::hash_memo::HashMemo;
-use crate::kind::{StageFailure, StageJob};
+use crate::kind::{EngineContext, StageFailure, StageJob};
 use crate::plan::pipeline_id;
 use crate::resolve::{self, Resolved};
 use crate::runlog::{RunRecord, StageOutcome, StageRun};
@@ -266,6 +266,14 @@ fn execute(
     let out_dir = staging.out_dir();
     let work_dir = store.work_dir(&key, &lock)?;
     let progress = ui.stage_progress(&stage.name);
+    let engine = EngineContext {
+        store,
+        parts: &resolved.parts,
+        stage: &stage.name,
+        pipeline: pipeline_id(pipeline),
+        threads: stage.resources.cpu as usize,
+        gpus: stage.resources.gpu,
+    };
     let job = StageJob {
         inputs: resolved.inputs.clone(),
         params: &resolved.parts.params,
@@ -273,6 +281,7 @@ fn execute(
         out_dir: &out_dir,
         work_dir: &work_dir,
         progress: &progress,
+        engine: Some(&engine),
     };
     let started = Instant::now();
     let pool = rayon::ThreadPoolBuilder::new()

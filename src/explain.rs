@@ -62,11 +62,13 @@ pub fn explain(
         .map(|(n, r)| (n.as_str(), r))
         .chain(stage.params_from.as_ref().map(|r| ("params_from", r)))
     {
-        let digest = row
-            .resolved
-            .as_ref()
-            .and_then(|res| res.parts.inputs.get(name))
-            .map_or_else(|| "(not yet computed)".to_owned(), |d| d.short());
+        let digest = match &row.resolved {
+            Some(_) if name == "params_from" => "(merged into the params above)".to_owned(),
+            resolved => resolved
+                .as_ref()
+                .and_then(|res| res.parts.inputs.get(name))
+                .map_or_else(|| "(not yet computed)".to_owned(), |d| d.short()),
+        };
         let _ = writeln!(out, "  input {name:9} {r}  {digest}");
     }
     let runs = runlog::load_all(&store.runs_dir());

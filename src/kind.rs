@@ -60,6 +60,22 @@ pub struct StageJob<'a> {
     /// once the result is published.
     pub work_dir: &'a Path,
     pub progress: &'a dyn covseg_stages::Progress,
+    /// The engine's side of the job, for kinds that run other work through the cache (`tune`);
+    /// `None` outside a pipeline run (`covseg exec`, a trial).
+    pub engine: Option<&'a EngineContext<'a>>,
+}
+
+/// What a stage that drives cached sub-runs needs from the engine.
+pub struct EngineContext<'a> {
+    pub store: &'a crate::store::ArtifactStore,
+    /// The stage's own key parts: its input digests are what its sub-runs are keyed on.
+    pub parts: &'a crate::key::KeyParts,
+    pub stage: &'a str,
+    pub pipeline: String,
+    /// Worker threads the stage may use.
+    pub threads: usize,
+    /// GPUs the stage holds (its `resources.gpu`).
+    pub gpus: u32,
 }
 
 impl StageJob<'_> {
@@ -125,6 +141,28 @@ pub trait StageKind: Send + Sync {
         Ok(())
     }
     fn run(&self, job: &StageJob<'_>) -> Result<(), StageFailure>;
+    /// Kinds whose runs can be tuning trials (run in segments of epochs, scored per epoch).
+    fn tunable(&self) -> Option<&dyn Tunable> {
+        None
+    }
+}
+
+/// How far a trial segment got.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrialProgress {
+    /// The validation score after each epoch done so far.
+    pub scores: Vec<f64>,
+    /// The run is complete and its outputs are written (it can be published).
+    pub complete: bool,
+}
+
+/// A kind whose runs can be cut into segments: a tuning trial runs it until a number of epochs,
+/// resuming from the work folder, and is scored after each epoch.
+pub trait Tunable: Send + Sync {
+    /// Runs until `epochs` epochs are done (or the run completes earlier).
+    fn run_until(&self, job: &StageJob<'_>, epochs: usize) -> Result<TrialProgress, StageFailure>;
+    /// The per-epoch scores of a complete run, from its outputs.
+    fn scores(&self, out_dir: &Path) -> Result<Vec<f64>, StageFailure>;
 }
 
 /// Normalises params through a typed config: unknown keys are rejected with a suggestion, and the

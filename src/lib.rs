@@ -14,6 +14,7 @@ pub mod exec;
 pub mod executor;
 pub mod explain;
 pub mod hash_memo;
+pub mod journal;
 pub mod key;
 pub mod kind;
 pub mod plan;
@@ -23,6 +24,8 @@ pub mod resolve;
 pub mod runlog;
 pub mod store;
 pub mod suggest;
+pub mod trial;
+pub mod tuner;
 pub mod ui;
 
 use std::fmt::Write;

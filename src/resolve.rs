@@ -68,10 +68,11 @@ pub fn resolve(
     }
     let params = match &stage.params_from {
         None => stage.params.clone(),
+        // The merged params are in the key, not the file's digest: an upstream rerun that gives
+        // the same params (a tune whose best trial did not change) leaves this stage cached.
         Some(r) => {
-            let (path, digest) = locate(pipeline, stage, "params_from", r, upstream, memo)?;
+            let (path, _digest) = locate(pipeline, stage, "params_from", r, upstream, memo)?;
             sources.insert("params_from".into(), r.to_string());
-            digests.insert("params_from".into(), digest);
             merged_params(pipeline, stage, r, &path)?
         }
     };
@@ -147,9 +148,35 @@ fn merged_params(
         return Err(fail("not a JSON object".into()));
     };
     let mut table = stage.raw_params.clone();
-    for (k, v) in object {
-        let v: toml::Value = serde_json::from_value(v).map_err(|e| fail(format!("{k}: {e}")))?;
-        table.insert(k, v);
-    }
+    overlay(&mut table, object).map_err(fail)?;
     stage.kind.params(&table).map_err(|e| fail(e.message))
+}
+
+/// Writes `object` over `table`: nested tables merge key by key, `null` unsets a key (an optional
+/// param left at its default), anything else replaces.
+fn overlay(
+    table: &mut toml::Table,
+    object: serde_json::Map<String, serde_json::Value>,
+) -> std::result::Result<(), String> {
+    for (k, v) in object {
+        match v {
+            serde_json::Value::Null => {
+                table.remove(&k);
+            }
+            serde_json::Value::Object(inner) => {
+                if !matches!(table.get(&k), Some(toml::Value::Table(_))) {
+                    table.insert(k.clone(), toml::Value::Table(toml::Table::new()));
+                }
+                if let Some(toml::Value::Table(sub)) = table.get_mut(&k) {
+                    overlay(sub, inner).map_err(|m| format!("{k}.{m}"))?;
+                }
+            }
+            other => {
+                let value: toml::Value =
+                    serde_json::from_value(other).map_err(|e| format!("{k}: {e}"))?;
+                table.insert(k, value);
+            }
+        }
+    }
+    Ok(())
 }

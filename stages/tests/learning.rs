@@ -83,6 +83,18 @@ impl Prepared {
         out: &Path,
         progress: &dyn Progress,
     ) -> TrainReport {
+        self.train_with(config, work, out, progress, None, true)
+    }
+
+    fn train_with(
+        &self,
+        config: &TrainConfig,
+        work: &Path,
+        out: &Path,
+        progress: &dyn Progress,
+        until: Option<usize>,
+        validate: bool,
+    ) -> TrainReport {
         let r = &self.root;
         let (shards, val_images, val_labels, preprocessing) = (
             r.join("shards"),
@@ -96,11 +108,10 @@ impl Prepared {
             out.join("metrics.jsonl"),
             out.join("curve.png"),
         );
-        training::train(
+        training::train_until(
             &TrainInputs {
                 shards: &shards,
-                val_images: &val_images,
-                val_labels: &val_labels,
+                validation: validate.then_some((val_images.as_path(), val_labels.as_path())),
                 preprocessing: &preprocessing,
                 encoder_weights: None,
             },
@@ -111,8 +122,10 @@ impl Prepared {
                 bundle: &bundle,
                 metrics: &metrics,
                 curve: &curve,
+                recipe: Some(&out.join("recipe.json")),
             },
             progress,
+            until,
         )
         .unwrap()
     }
@@ -184,10 +197,10 @@ fn a_small_unet_learns_the_phantom_lesions_on_cpu() {
             "epoch {:2}: train {:.4} val {:.4} F1 ggo {:.3} cons {:.3} score {:.3} lr {:.2e} ({:.1} s)",
             r.epoch,
             r.train_loss,
-            r.val_loss,
-            r.val_f1.ggo,
-            r.val_f1.consolidation,
-            r.val_score,
+            r.val_loss.unwrap(),
+            r.val_f1.unwrap().ggo,
+            r.val_f1.unwrap().consolidation,
+            r.val_score.unwrap(),
             r.lr,
             r.seconds
         );
@@ -256,10 +269,10 @@ fn measured(history: &[EpochRecord]) -> Vec<[String; 6]> {
         .map(|r| {
             [
                 r12(r.train_loss),
-                r12(r.val_loss),
-                r12(r.val_f1.ggo),
-                r12(r.val_f1.consolidation),
-                r12(r.val_score),
+                r12(r.val_loss.unwrap()),
+                r12(r.val_f1.unwrap().ggo),
+                r12(r.val_f1.unwrap().consolidation),
+                r12(r.val_score.unwrap()),
                 r12(r.lr),
             ]
         })
@@ -318,4 +331,54 @@ fn a_run_killed_mid_epoch_resumes_to_the_same_result() {
         training::parameters(&load("out-b").model),
         "same final weights"
     );
+
+    // A run cut at epoch 1 (a tuning trial's first rung) writes nothing and goes on later to the
+    // same result.
+    let (work, out) = (dir.path().join("work-c"), dir.path().join("out-c"));
+    let first = data.train_with(&config, &work, &out, &NoProgress, Some(1), true);
+    assert!(!first.complete);
+    assert_eq!(first.history.len(), 1);
+    assert!(
+        !out.join("bundle").exists(),
+        "no outputs before the run is complete"
+    );
+    let rest = data.train_with(&config, &work, &out, &NoProgress, Some(3), true);
+    assert!(rest.complete);
+    assert_eq!(rest.resumed_after, 1);
+    assert_eq!(measured(&rest.history), measured(&whole.history));
+    assert_eq!(
+        training::parameters(&load("out-a").model),
+        training::parameters(&load("out-c").model),
+    );
+    // The recipe for a final training: the best epoch, no early stopping.
+    let recipe: TrainConfig =
+        serde_json::from_str(&std::fs::read_to_string(out.join("recipe.json")).unwrap()).unwrap();
+    assert_eq!(recipe.epochs, whole.best_epoch);
+    assert_eq!(recipe.early_stopping_patience, 0);
+    assert_eq!(recipe.lr, config.lr);
+}
+
+#[test]
+fn without_validation_the_bundle_holds_the_last_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let augment = AugmentCacheConfig {
+        copies: 1,
+        ..Default::default()
+    };
+    let data = Prepared::new(dir.path(), 8, 32, &augment, 3);
+    let config = TrainConfig {
+        model: small_unet(),
+        epochs: 2,
+        batch_size: 4,
+        device: DeviceChoice::Cpu,
+        ..Default::default()
+    };
+    let (work, out) = (dir.path().join("work"), dir.path().join("out"));
+    let report = data.train_with(&config, &work, &out, &NoProgress, None, false);
+    assert!(report.complete);
+    assert_eq!(report.best_epoch, 2);
+    assert!(report.history.iter().all(|r| r.val_score.is_none()));
+    let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    assert!(!text.contains("val_"), "{text}");
+    assert!(out.join("bundle").is_dir() && out.join("curve.png").exists());
 }

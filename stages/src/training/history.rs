@@ -21,10 +21,14 @@ pub struct EpochRecord {
     /// 1-based.
     pub epoch: usize,
     pub train_loss: f64,
-    pub val_loss: f64,
-    pub val_f1: ClassF1,
+    /// Absent when training runs without a validation set (a final training on all data).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_loss: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_f1: Option<ClassF1>,
     /// Mean of the two F1: the competition's score, which early stopping follows.
-    pub val_score: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_score: Option<f64>,
     /// The rate of the epoch's last step.
     pub lr: f64,
     /// Wall time of the epoch (training and validation).
@@ -45,9 +49,12 @@ pub fn write_jsonl(path: &Path, records: &[EpochRecord]) -> Result<()> {
 
 /// Draws train and validation loss and the validation F1 per epoch.
 pub fn save_curve(path: &Path, records: &[EpochRecord]) -> Result<()> {
-    let series = |name: &str, value: fn(&EpochRecord) -> f64| Series {
+    let series = |name: &str, value: fn(&EpochRecord) -> Option<f64>| Series {
         name: name.into(),
-        points: records.iter().map(|r| (r.epoch as f64, value(r))).collect(),
+        points: records
+            .iter()
+            .filter_map(|r| Some((r.epoch as f64, value(r)?)))
+            .collect(),
         scatter: records.len() == 1,
     };
     let chart = Chart {
@@ -56,12 +63,17 @@ pub fn save_curve(path: &Path, records: &[EpochRecord]) -> Result<()> {
         y_label: "loss / F1".into(),
         log_x: false,
         series: vec![
-            series("train loss", |r| r.train_loss),
+            series("train loss", |r| Some(r.train_loss)),
             series("val loss", |r| r.val_loss),
-            series("val F1 GGO", |r| r.val_f1.ggo),
-            series("val F1 consolidation", |r| r.val_f1.consolidation),
+            series("val F1 GGO", |r| r.val_f1.map(|f| f.ggo)),
+            series("val F1 consolidation", |r| {
+                r.val_f1.map(|f| f.consolidation)
+            }),
             series("val score", |r| r.val_score),
-        ],
+        ]
+        .into_iter()
+        .filter(|s| !s.points.is_empty())
+        .collect(),
     };
     crate::plot::save(path, &chart, 720, 440)
 }
@@ -77,12 +89,12 @@ mod tests {
             .map(|epoch| EpochRecord {
                 epoch,
                 train_loss: 1.0 / epoch as f64,
-                val_loss: 1.2 / epoch as f64,
-                val_f1: ClassF1 {
+                val_loss: Some(1.2 / epoch as f64),
+                val_f1: Some(ClassF1 {
                     ggo: 0.2 * epoch as f64,
                     consolidation: 0.1 * epoch as f64,
-                },
-                val_score: 0.15 * epoch as f64,
+                }),
+                val_score: Some(0.15 * epoch as f64),
                 lr: 1e-3,
                 seconds: 0.5,
             })
@@ -98,8 +110,8 @@ mod tests {
         for (b, r) in back.iter().zip(&records) {
             assert_eq!(b.epoch, r.epoch);
             assert!(
-                (b.val_loss - r.val_loss).abs() < 1e-12
-                    && (b.val_score - r.val_score).abs() < 1e-12
+                (b.val_loss.unwrap() - r.val_loss.unwrap()).abs() < 1e-12
+                    && (b.val_score.unwrap() - r.val_score.unwrap()).abs() < 1e-12
             );
         }
         assert_eq!(back.len(), records.len());

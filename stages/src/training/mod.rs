@@ -26,4 +26,4 @@ pub use early_stopping::{EarlyStopping, Verdict};
 pub use history::{ClassF1, EpochRecord};
 pub use loss::segmentation_loss;
 pub use schedule::LrSchedule;
-pub use train::{TrainInputs, TrainOutputs, TrainReport, train};
+pub use train::{TrainInputs, TrainOutputs, TrainReport, train, train_until};

@@ -31,8 +31,10 @@ use crate::{Error, Progress, Result};
 pub struct TrainInputs<'a> {
     /// An augment-cache `shards` folder.
     pub shards: &'a Path,
-    pub val_images: &'a Path,
-    pub val_labels: &'a Path,
+    /// The validation images and labels; without them (a final training on all the data) every
+    /// epoch counts as the best, so the bundle holds the last one, and early stopping does not
+    /// apply.
+    pub validation: Option<(&'a Path, &'a Path)>,
     /// The split's `preprocessing.json`.
     pub preprocessing: &'a Path,
     /// An ImageNet checkpoint for the EfficientNet encoder (torchvision or lukemelas layout, told
@@ -47,6 +49,9 @@ pub struct TrainOutputs<'a> {
     pub bundle: &'a Path,
     pub metrics: &'a Path,
     pub curve: &'a Path,
+    /// `recipe.json`: these params with `epochs` set to the best epoch and early stopping off,
+    /// the params a final training on train + validation takes.
+    pub recipe: Option<&'a Path>,
 }
 
 /// How a training run went.
@@ -59,6 +64,9 @@ pub struct TrainReport {
     pub best_epoch: usize,
     pub best_score: f64,
     pub stopped_early: bool,
+    /// All epochs ran (or early stopping ended the run) and the outputs are written; `false`
+    /// after a run cut short with `until`.
+    pub complete: bool,
 }
 
 /// Which layout an encoder checkpoint has, from one key each layout is sure to have.
@@ -96,7 +104,7 @@ fn read_preprocessing(path: &Path) -> Result<Preprocessing> {
 fn check_channels(
     config: &TrainConfig,
     items: &TrainingItems,
-    val: &Validation,
+    val: Option<&Validation>,
     preprocessing: &Preprocessing,
     inputs: &TrainInputs<'_>,
 ) -> Result<()> {
@@ -110,9 +118,11 @@ fn check_channels(
             ),
         ));
     }
-    if val.images.dim().1 != channels {
+    if let (Some(val), Some((val_images, _))) = (val, inputs.validation)
+        && val.images.dim().1 != channels
+    {
         return Err(Error::invalid_data(
-            inputs.val_images,
+            val_images,
             format!(
                 "{} channels, the preprocessing has {channels}",
                 val.images.dim().1
@@ -181,6 +191,22 @@ pub fn train(
     outputs: &TrainOutputs<'_>,
     progress: &dyn Progress,
 ) -> Result<TrainReport> {
+    train_until(inputs, config, seed, work_dir, outputs, progress, None)
+}
+
+/// [`train`], stopping once `until` epochs are done (when given): the checkpoint stays in
+/// `work_dir` for a later call to go on from, and the outputs are only written when the run is
+/// complete. The epochs done are the same as in one uninterrupted run (a tuning trial that ASHA
+/// promotes continues where it stopped).
+pub fn train_until(
+    inputs: &TrainInputs<'_>,
+    config: &TrainConfig,
+    seed: u64,
+    work_dir: &Path,
+    outputs: &TrainOutputs<'_>,
+    progress: &dyn Progress,
+    until: Option<usize>,
+) -> Result<TrainReport> {
     config.validate()?;
     // Burn's random generator is one per device and process: two trainings at once would draw
     // from it in turns and neither would be reproducible. One at a time per process.
@@ -188,9 +214,12 @@ pub fn train(
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let items = TrainingItems::open(inputs.shards)?;
-    let val = Validation::read(inputs.val_images, inputs.val_labels)?;
+    let val = inputs
+        .validation
+        .map(|(images, labels)| Validation::read(images, labels))
+        .transpose()?;
     let preprocessing = read_preprocessing(inputs.preprocessing)?;
-    check_channels(config, &items, &val, &preprocessing, inputs)?;
+    check_channels(config, &items, val.as_ref(), &preprocessing, inputs)?;
     let TrainDevice {
         device,
         name: device_name,
@@ -262,7 +291,8 @@ pub fn train(
     progress.advance(state.steps_done as u64);
 
     let (c, h, w) = (items.channels, items.height, items.width);
-    while !state.stopped && state.epochs_done < config.epochs {
+    let stop_at = until.map_or(config.epochs, |u| u.min(config.epochs));
+    while !state.stopped && state.epochs_done < stop_at {
         let epoch = state.epochs_done;
         let started = Instant::now();
         autodiff.seed(mix(seed, epoch as u64 + 1));
@@ -299,36 +329,56 @@ pub fn train(
         }
         // `valid()` merges BatchNorm's per-thread running statistics and leaves `model` as it is.
         let snapshot = model.valid();
-        let (val_loss, metrics) = validate(&snapshot, &val, &preprocessing, config, &device)?;
-        let record = EpochRecord {
+        let mut record = EpochRecord {
             epoch: epoch + 1,
             train_loss: loss_sum / order.len() as f64,
-            val_loss,
-            val_f1: ClassF1 {
-                ggo: metrics.classes[0].f1,
-                consolidation: metrics.classes[1].f1,
-            },
-            val_score: metrics.score,
+            val_loss: None,
+            val_f1: None,
+            val_score: None,
             lr,
-            seconds: started.elapsed().as_secs_f64(),
+            seconds: 0.0,
         };
-        let verdict = state.stopping.observe(record.epoch, record.val_score);
-        tracing::info!(
-            "epoch {}/{}: train loss {:.4}, val loss {:.4}, val F1 GGO {:.3} consolidation {:.3}, score {:.3}{} ({:.1} s)",
-            record.epoch,
-            config.epochs,
-            record.train_loss,
-            record.val_loss,
-            record.val_f1.ggo,
-            record.val_f1.consolidation,
-            record.val_score,
-            if verdict == Verdict::Improved {
-                " (best)"
-            } else {
-                ""
-            },
-            record.seconds
-        );
+        let verdict = match &val {
+            Some(val) => {
+                let (val_loss, metrics) =
+                    validate(&snapshot, val, &preprocessing, config, &device)?;
+                record.val_loss = Some(val_loss);
+                record.val_f1 = Some(ClassF1 {
+                    ggo: metrics.classes[0].f1,
+                    consolidation: metrics.classes[1].f1,
+                });
+                record.val_score = Some(metrics.score);
+                state.stopping.observe(record.epoch, metrics.score)
+            }
+            None => {
+                state.stopping.best_epoch = record.epoch;
+                Verdict::Improved
+            }
+        };
+        record.seconds = started.elapsed().as_secs_f64();
+        match (record.val_loss, record.val_f1, record.val_score) {
+            (Some(val_loss), Some(f1), Some(score)) => tracing::info!(
+                "epoch {}/{}: train loss {:.4}, val loss {val_loss:.4}, val F1 GGO {:.3} consolidation {:.3}, score {score:.3}{} ({:.1} s)",
+                record.epoch,
+                config.epochs,
+                record.train_loss,
+                f1.ggo,
+                f1.consolidation,
+                if verdict == Verdict::Improved {
+                    " (best)"
+                } else {
+                    ""
+                },
+                record.seconds
+            ),
+            _ => tracing::info!(
+                "epoch {}/{}: train loss {:.4} ({:.1} s)",
+                record.epoch,
+                config.epochs,
+                record.train_loss,
+                record.seconds
+            ),
+        }
         state.history.push(record);
         state.epochs_done += 1;
         state.stopped = verdict == Verdict::Stop;
@@ -341,6 +391,19 @@ pub fn train(
         }
     }
 
+    let complete = state.stopped || state.epochs_done >= config.epochs;
+    let report = |state: TrainState| TrainReport {
+        device: device_name.clone(),
+        resumed_after,
+        best_epoch: state.stopping.best_epoch,
+        best_score: state.stopping.best_score.unwrap_or(0.0),
+        stopped_early: state.stopped,
+        history: state.history,
+        complete,
+    };
+    if !complete {
+        return Ok(report(state));
+    }
     let mut best = config.model.init(&device)?;
     load_module(&mut best, &checkpoints.best()?)?;
     let thresholds = Thresholds {
@@ -350,12 +413,15 @@ pub fn train(
     bundle::write(outputs.bundle, &best, config, &preprocessing, thresholds)?;
     write_jsonl(outputs.metrics, &state.history)?;
     save_curve(outputs.curve, &state.history)?;
-    Ok(TrainReport {
-        device: device_name,
-        resumed_after,
-        best_epoch: state.stopping.best_epoch,
-        best_score: state.stopping.best_score.unwrap_or(0.0),
-        history: state.history,
-        stopped_early: state.stopped,
-    })
+    if let Some(path) = outputs.recipe {
+        let recipe = TrainConfig {
+            epochs: state.stopping.best_epoch.max(1),
+            early_stopping_patience: 0,
+            ..config.clone()
+        };
+        let text = serde_json::to_string_pretty(&recipe)
+            .map_err(|e| Error::invalid_data(path, e.to_string()))?;
+        std::fs::write(path, text + "\n").map_err(|e| Error::io(path, e))?;
+    }
+    Ok(report(state))
 }

@@ -1,0 +1,319 @@
+//! A tuning trial as a cached run. The tune stage writes a spec file per trial (its key parts and
+//! input paths, all in the cache) and runs segments of it as `covseg trial SPEC --until N
+//! --report FILE`: each segment takes the trial key's lock, goes on from the checkpoint in the
+//! key's work folder, and when the run is complete publishes it as an ordinary entry of the
+//! trial's kind, so a train stage with the same params, seed and inputs is a cache hit. A command
+//! line and files are the whole interface, so a cluster executor can send the same commands.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Diagnostic, Error, Result};
+use crate::key::{InputSources, KeyParts};
+use crate::kind::{StageJob, Tunable};
+use crate::store::{self, ArtifactStore, EntryRecord};
+
+/// Everything one trial needs; written by the tune stage, read by `covseg trial`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrialSpec {
+    pub cache: PathBuf,
+    /// Shown in `cache ls`: the tune stage's name and the trial number.
+    pub stage: String,
+    pub pipeline: String,
+    pub parts: KeyParts,
+    pub sources: InputSources,
+    pub inputs: BTreeMap<String, PathBuf>,
+}
+
+/// What a segment did, written to the `--report` file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrialReport {
+    pub key: String,
+    /// Validation score after each epoch done so far.
+    pub scores: Vec<f64>,
+    /// The run is complete and published.
+    pub complete: bool,
+    /// It was complete in the cache already.
+    pub cached: bool,
+    pub seconds: f64,
+    /// Why it failed, when it did.
+    pub error: Option<String>,
+    /// The failure is the params' or data's fault (exit code 2), not the machine's.
+    pub input_error: bool,
+}
+
+fn spec_error(path: &Path, message: String) -> Error {
+    Diagnostic::new(format!("{}: {message}", path.display()))
+        .help("trial specs are written by a tune stage; rerun the pipeline to write them again")
+        .into()
+}
+
+pub fn read_spec(path: &Path) -> Result<TrialSpec> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_slice(&bytes).map_err(|e| spec_error(path, format!("not a trial spec: {e}")))
+}
+
+/// `covseg trial`: runs the trial until `until` epochs are done and writes the report (also when
+/// the trial fails, with the reason). The returned error is for the exit code.
+pub fn run(spec_path: &Path, until: usize, threads: usize, report_path: &Path) -> Result<()> {
+    let started = Instant::now();
+    let spec = read_spec(spec_path)?;
+    let key = spec.parts.key();
+    let mut report = TrialReport {
+        key: key.hex(),
+        scores: Vec::new(),
+        complete: false,
+        cached: false,
+        seconds: 0.0,
+        error: None,
+        input_error: false,
+    };
+    let result = segment(&spec, until, threads, &mut report);
+    report.seconds = started.elapsed().as_secs_f64();
+    if let Err(e) = &result {
+        report.error = Some(e.to_string());
+        report.input_error = e.exit_code() == 2;
+    }
+    let bytes = serde_json::to_vec_pretty(&report).map_err(|e| Error::Corrupt {
+        path: report_path.to_owned(),
+        message: e.to_string(),
+    })?;
+    crate::atomic::write(report_path, &bytes)?;
+    result
+}
+
+fn segment(spec: &TrialSpec, until: usize, threads: usize, report: &mut TrialReport) -> Result<()> {
+    let registry = crate::adapters::registry();
+    let kind = registry.get(&spec.parts.kind).ok_or_else(|| {
+        spec_error(
+            Path::new(&spec.stage),
+            format!("unknown kind `{}`", spec.parts.kind),
+        )
+    })?;
+    let tunable: &dyn Tunable = kind.tunable().ok_or_else(|| {
+        Error::from(Diagnostic::new(format!(
+            "kind {} cannot run as a tuning trial",
+            spec.parts.kind
+        )))
+    })?;
+    let store = ArtifactStore::open(&spec.cache, false)?;
+    if !store.exists() {
+        return Err(
+            Diagnostic::new(format!("{} is not a covseg cache", spec.cache.display())).into(),
+        );
+    }
+    let _gc_guard = store.lock_shared()?;
+    let key = spec.parts.key();
+    let lock = store.lock_key(&key, || {
+        tracing::info!(key = %key.short(), "waiting: another covseg process is running this trial");
+    })?;
+    if let Some(entry) = store.lookup(&key)? {
+        report.scores = tunable.scores(&entry.dir.join("out")).map_err(failure)?;
+        report.complete = true;
+        report.cached = true;
+        return Ok(());
+    }
+    let staging = store.stage(&key, &lock)?;
+    let out_dir = staging.out_dir();
+    let work_dir = store.work_dir(&key, &lock)?;
+    let job = StageJob {
+        inputs: spec.inputs.clone(),
+        params: &spec.parts.params,
+        seed: spec.parts.seed.unwrap_or(0),
+        out_dir: &out_dir,
+        work_dir: &work_dir,
+        progress: &covseg_stages::NoProgress,
+        engine: None,
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.max(1))
+        .build()
+        .map_err(|e| Error::Corrupt {
+            path: spec.cache.clone(),
+            message: format!("cannot start {threads} worker threads: {e}"),
+        })?;
+    let started = Instant::now();
+    let progress = pool
+        .install(|| tunable.run_until(&job, until))
+        .map_err(failure)?;
+    report.scores = progress.scores;
+    if progress.complete {
+        let outputs: Vec<(&str, &str)> = kind
+            .spec()
+            .outputs
+            .iter()
+            .map(|o| (o.name, o.file))
+            .collect();
+        let record = EntryRecord {
+            key,
+            stage: spec.stage.clone(),
+            pipeline: spec.pipeline.clone(),
+            parts: spec.parts.clone(),
+            sources: spec.sources.clone(),
+            outputs: BTreeMap::new(),
+            created_unix_ms: store::now_unix_ms(),
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        store.publish(staging, &outputs, record)?;
+        store.drop_work_dir(&key);
+        report.complete = true;
+    }
+    Ok(())
+}
+
+fn failure(f: crate::kind::StageFailure) -> Error {
+    if f.input_error {
+        Diagnostic::new(f.message).into()
+    } else {
+        Error::StagesFailed {
+            failures: vec![("trial".into(), f.message)],
+            input_error: false,
+        }
+    }
+}
+
+/// One segment to run: the command line, and the files it reports to and logs into.
+#[derive(Debug, Clone)]
+pub struct TrialCommand {
+    pub trial: usize,
+    pub until: usize,
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+    pub report: PathBuf,
+    pub log: PathBuf,
+}
+
+impl TrialCommand {
+    /// `covseg trial SPEC --until N --threads T --report FILE`, with this executable.
+    pub fn new(
+        trial: usize,
+        until: usize,
+        spec: &Path,
+        threads: usize,
+        report: PathBuf,
+        log: PathBuf,
+    ) -> Result<Self> {
+        let program = std::env::current_exe().map_err(|e| Error::io("<current executable>", e))?;
+        let args = vec![
+            OsString::from("trial"),
+            spec.as_os_str().to_owned(),
+            OsString::from("--until"),
+            OsString::from(until.to_string()),
+            OsString::from("--threads"),
+            OsString::from(threads.to_string()),
+            OsString::from("--report"),
+            report.as_os_str().to_owned(),
+        ];
+        Ok(Self {
+            trial,
+            until,
+            program,
+            args,
+            report,
+            log,
+        })
+    }
+}
+
+/// Runs trial commands somewhere and says when each has ended. The tune stage only talks to this,
+/// so running the same commands through a cluster scheduler means another implementation.
+pub trait TrialLauncher {
+    fn launch(&mut self, command: TrialCommand) -> Result<()>;
+    /// Waits for one launched command to end; its report, or why there is none.
+    fn wait(&mut self) -> Option<(TrialCommand, std::result::Result<TrialReport, String>)>;
+}
+
+/// Runs each command as a child process of this one (killed with it).
+pub struct LocalLauncher {
+    tx: mpsc::Sender<(TrialCommand, std::result::Result<TrialReport, String>)>,
+    rx: mpsc::Receiver<(TrialCommand, std::result::Result<TrialReport, String>)>,
+    running: usize,
+}
+
+impl Default for LocalLauncher {
+    fn default() -> Self {
+        let (tx, rx) = mpsc::channel();
+        Self { tx, rx, running: 0 }
+    }
+}
+
+impl TrialLauncher for LocalLauncher {
+    fn launch(&mut self, command: TrialCommand) -> Result<()> {
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(&command.log)
+            .map_err(|e| Error::io(&command.log, e))?;
+        let _ = std::fs::remove_file(&command.report);
+        let tx = self.tx.clone();
+        self.running += 1;
+        // The thread that starts the child waits for it: the child's parent-death signal fires
+        // when this thread ends, so it must outlive the child.
+        std::thread::spawn(move || {
+            let result = run_child(&command, log);
+            let _ = tx.send((command, result));
+        });
+        Ok(())
+    }
+
+    fn wait(&mut self) -> Option<(TrialCommand, std::result::Result<TrialReport, String>)> {
+        if self.running == 0 {
+            return None;
+        }
+        let done = self.rx.recv().ok()?;
+        self.running -= 1;
+        Some(done)
+    }
+}
+
+fn run_child(
+    command: &TrialCommand,
+    log: std::fs::File,
+) -> std::result::Result<TrialReport, String> {
+    use std::process::{Command, Stdio};
+    let mut cmd = Command::new(&command.program);
+    cmd.args(&command.args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log));
+    die_with_parent(&mut cmd);
+    let status = cmd
+        .status()
+        .map_err(|e| format!("cannot start {}: {e}", command.program.display()))?;
+    match std::fs::read(&command.report) {
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", command.report.display()))
+        }
+        Err(_) => Err(format!(
+            "the trial process ended ({status}) without a report; its log is {}",
+            command.log.display()
+        )),
+    }
+}
+
+/// Linux: the child gets SIGKILL when the thread that started it ends, so killing covseg (even
+/// with SIGKILL) never leaves trials running that hold their keys' locks.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn die_with_parent(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl, which is
+    // async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn die_with_parent(_cmd: &mut std::process::Command) {}

@@ -1,0 +1,475 @@
+//! The tune stage's engine side: trials as cached runs of a tunable kind, driven by the domain's
+//! [`Study`] (sampler and ASHA), launched as `covseg trial` processes, and recorded by this
+//! process alone in an append-only journal in the stage's work folder. A killed tune resumes from
+//! the journal: finished segments are not run again, the ones that were running are, and they go
+//! on from their checkpoints.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tracing::{info, warn};
+
+use covseg_stages::tune::{
+    Job, Sample, Study, StudySettings, TrialRow, TrialState, TrialsTable, TuneConfig, apply,
+};
+
+use crate::journal::Journal;
+use crate::key::{COVSEG_VERSION, KeyParts};
+use crate::kind::{EngineContext, StageFailure, StageJob, StageKind};
+use crate::trial::{LocalLauncher, TrialCommand, TrialLauncher, TrialReport, TrialSpec};
+
+/// One line of the journal.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+enum Event {
+    /// A run of the tune stage began (the first, or a resumed one).
+    Session { at_ms: u64 },
+    Trial {
+        trial: usize,
+        params: Sample,
+        key: String,
+        at_ms: u64,
+    },
+    Start {
+        trial: usize,
+        until: usize,
+        at_ms: u64,
+    },
+    Result {
+        trial: usize,
+        until: usize,
+        scores: Vec<f64>,
+        complete: bool,
+        cached: bool,
+        seconds: f64,
+        at_ms: u64,
+    },
+    Failed {
+        trial: usize,
+        until: usize,
+        message: String,
+        seconds: f64,
+        at_ms: u64,
+    },
+}
+
+impl Event {
+    fn at_ms(&self) -> u64 {
+        match self {
+            Self::Session { at_ms }
+            | Self::Trial { at_ms, .. }
+            | Self::Start { at_ms, .. }
+            | Self::Result { at_ms, .. }
+            | Self::Failed { at_ms, .. } => *at_ms,
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    crate::store::now_unix_ms() as u64
+}
+
+/// Where the tune stage writes.
+pub struct TuneOutputs {
+    pub csv: PathBuf,
+    pub json: PathBuf,
+    pub best_params: PathBuf,
+    pub plots: PathBuf,
+}
+
+/// The params of one trial: the base train params with the sample written in, normalised by the
+/// trial kind (so they are exactly what a train stage with these params would have).
+pub fn trial_params(kind: &dyn StageKind, base: &Value, sample: &Sample) -> Result<Value, String> {
+    let full = apply(base, sample).map_err(|e| e.to_string())?;
+    let table = json_to_toml_table(&full)?;
+    kind.params(&table).map_err(|e| match e.key {
+        Some(key) => format!("params.{key}: {}", e.message),
+        None => e.message,
+    })
+}
+
+/// A JSON object as a TOML table; `null` (an unset optional param) is left out.
+pub fn json_to_toml_table(value: &Value) -> Result<toml::Table, String> {
+    fn strip(value: &Value) -> Value {
+        match value {
+            Value::Object(map) => Value::Object(
+                map.iter()
+                    .filter(|(_, v)| !v.is_null())
+                    .map(|(k, v)| (k.clone(), strip(v)))
+                    .collect(),
+            ),
+            Value::Array(items) => Value::Array(items.iter().map(strip).collect()),
+            other => other.clone(),
+        }
+    }
+    match toml::Value::try_from(strip(value)) {
+        Ok(toml::Value::Table(table)) => Ok(table),
+        Ok(_) => Err("expected a table".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn describe(sample: &Sample) -> String {
+    sample
+        .iter()
+        .map(|(k, v)| match v.as_f64() {
+            Some(x) if v.is_f64() => format!("{k} {x:.3e}"),
+            _ => format!("{k} {v}"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Runs the search and writes its outputs. `kind` is the tuned kind (train).
+pub fn run(
+    job: &StageJob<'_>,
+    kind: &'static dyn StageKind,
+    config: &TuneConfig,
+    outputs: &TuneOutputs,
+) -> Result<(), StageFailure> {
+    let engine = job.engine.ok_or_else(|| StageFailure {
+        message: "tune runs its trials through the cache: run it in a pipeline (`covseg run`), not with `covseg exec`".into(),
+        input_error: true,
+    })?;
+    let max_epochs = config.train["epochs"].as_u64().unwrap_or(1) as usize;
+    let mut study = Study::new(
+        StudySettings {
+            sampler: config.sampler,
+            startup_trials: config.startup_trials,
+            trials: config.trials,
+            pruner: config.pruner.clone(),
+            max_epochs,
+            seed: job.seed,
+        },
+        config.space.clone(),
+    );
+    let trials_dir = job.work_dir.join("trials");
+    std::fs::create_dir_all(&trials_dir)
+        .map_err(|e| StageFailure::internal(format!("{}: {e}", trials_dir.display())))?;
+    let (mut journal, events) =
+        Journal::open::<Event>(&job.work_dir.join("journal.jsonl")).map_err(StageFailure::from)?;
+    let mut keys: BTreeMap<usize, String> = BTreeMap::new();
+    let earlier_ms = replay(&mut study, &mut keys, &events);
+    if !events.is_empty() {
+        let done = study.trials().iter().filter(|t| t.segments > 0).count();
+        info!(
+            "resuming the search from {}: {} trial(s) recorded, {done} with results",
+            journal.path().display(),
+            study.trials().len()
+        );
+    }
+    journal
+        .append(&Event::Session { at_ms: now_ms() })
+        .map_err(StageFailure::from)?;
+    let started = Instant::now();
+    let budget_ms = (config.max_minutes * 60_000.0) as u64;
+    let within_budget =
+        || budget_ms == 0 || earlier_ms + started.elapsed().as_millis() as u64 <= budget_ms;
+
+    let parallel = parallel_trials(config, engine);
+    let threads = (engine.threads / parallel).max(1);
+    job.progress.start(config.trials as u64, "trials");
+    job.progress
+        .advance(study.trials().iter().filter(|t| t.segments > 0).count() as u64);
+
+    let mut launcher = LocalLauncher::default();
+    let mut pending: Vec<Job> = study.in_flight();
+    pending.reverse();
+    let mut running = 0usize;
+    let mut first_failure: Option<String> = None;
+    loop {
+        while running < parallel {
+            let next = if let Some(job) = pending.pop() {
+                Some(job)
+            } else if !within_budget() {
+                None
+            } else if let Some(job) = study.next_promotion() {
+                Some(job)
+            } else if study.can_start_new() {
+                let sample = study.propose();
+                let n = study.add(sample.clone());
+                let params = trial_params(kind, &config.train, &sample)
+                    .map_err(|m| StageFailure::internal(format!("trial {n}: {m}")))?;
+                let spec = trial_spec(job, engine, kind, n, params);
+                let key = spec.parts.key().hex();
+                write_spec(&trials_dir, n, &spec)?;
+                keys.insert(n, key.clone());
+                journal
+                    .append(&Event::Trial {
+                        trial: n,
+                        params: sample,
+                        key,
+                        at_ms: now_ms(),
+                    })
+                    .map_err(StageFailure::from)?;
+                Some(study.first_job(n))
+            } else {
+                None
+            };
+            let Some(next) = next else { break };
+            journal
+                .append(&Event::Start {
+                    trial: next.trial,
+                    until: next.until,
+                    at_ms: now_ms(),
+                })
+                .map_err(StageFailure::from)?;
+            study.started(next);
+            let command = TrialCommand::new(
+                next.trial,
+                next.until,
+                &spec_path(&trials_dir, next.trial),
+                threads,
+                trials_dir.join(format!("{}.report.json", next.trial)),
+                trials_dir.join(format!("{}.log", next.trial)),
+            )
+            .map_err(StageFailure::from)?;
+            launcher.launch(command).map_err(StageFailure::from)?;
+            running += 1;
+        }
+        let Some((command, result)) = launcher.wait() else {
+            break;
+        };
+        running -= 1;
+        let n = command.trial;
+        let first_segment = study.trial(n).is_some_and(|t| t.segments == 0);
+        let outcome = result.and_then(|report: TrialReport| match report.error {
+            Some(message) => Err(message),
+            None => Ok(report),
+        });
+        match outcome {
+            Ok(report) => {
+                let best = report
+                    .scores
+                    .iter()
+                    .copied()
+                    .filter(|s| s.is_finite())
+                    .reduce(f64::max);
+                info!(
+                    "trial {n} ({}): {} epoch(s), best score {}{}",
+                    study
+                        .trial(n)
+                        .map(|t| describe(&t.sample))
+                        .unwrap_or_default(),
+                    report.scores.len(),
+                    best.map_or("-".into(), |b| format!("{b:.4}")),
+                    if report.cached {
+                        " (cached)"
+                    } else if report.complete {
+                        " (complete)"
+                    } else {
+                        ""
+                    }
+                );
+                journal
+                    .append(&Event::Result {
+                        trial: n,
+                        until: command.until,
+                        scores: report.scores.clone(),
+                        complete: report.complete,
+                        cached: report.cached,
+                        seconds: report.seconds,
+                        at_ms: now_ms(),
+                    })
+                    .map_err(StageFailure::from)?;
+                study.finished(n, report.scores, report.complete, report.seconds);
+            }
+            Err(message) => {
+                warn!(
+                    "trial {n} failed: {message} (log: {})",
+                    command.log.display()
+                );
+                first_failure.get_or_insert_with(|| format!("trial {n}: {message}"));
+                journal
+                    .append(&Event::Failed {
+                        trial: n,
+                        until: command.until,
+                        message: message.clone(),
+                        seconds: 0.0,
+                        at_ms: now_ms(),
+                    })
+                    .map_err(StageFailure::from)?;
+                study.failed(n, message, 0.0);
+            }
+        }
+        if first_segment {
+            job.progress.advance(1);
+        }
+    }
+
+    let Some(best) = study.best() else {
+        return Err(StageFailure::internal(format!(
+            "no trial produced a score; {}",
+            first_failure.unwrap_or_else(|| "no trial ran".into())
+        )));
+    };
+    let best_params = trial_params(kind, &config.train, &best.sample)
+        .map_err(|m| StageFailure::internal(format!("best trial: {m}")))?;
+    info!(
+        "best trial {} ({}): score {:.4} at epoch {}",
+        best.number,
+        describe(&best.sample),
+        best.best_score().unwrap_or(0.0),
+        best.best_epoch().unwrap_or(0)
+    );
+    let table = TrialsTable {
+        rungs: study.rungs().to_vec(),
+        best_trial: best.number,
+        best_score: best.best_score().unwrap_or(0.0),
+        best_params,
+        trials: study
+            .trials()
+            .iter()
+            .map(|t| TrialRow {
+                trial: t.number,
+                state: study.state(t, true),
+                params: t.sample.clone(),
+                epochs: t.scores.len(),
+                best_epoch: t.best_epoch(),
+                best_score: t.best_score(),
+                scores: t.scores.clone(),
+                seconds: t.seconds,
+                segments: t.segments,
+                key: keys.get(&t.number).cloned().unwrap_or_default(),
+                error: t.failure.clone(),
+            })
+            .collect(),
+    };
+    covseg_stages::tune::write_outputs(
+        &table,
+        &config.space,
+        &outputs.csv,
+        &outputs.json,
+        &outputs.best_params,
+        &outputs.plots,
+    )?;
+    // Checkpoints of trials that will not go on are not needed once the table is written.
+    for row in &table.trials {
+        if matches!(row.state, TrialState::Pruned | TrialState::Failed)
+            && let Ok(key) =
+                serde_json::from_value::<crate::digest::Digest>(Value::String(row.key.clone()))
+            && let Ok(_lock) = engine.store.lock_key(&key, || {})
+        {
+            engine.store.drop_work_dir(&key);
+        }
+    }
+    Ok(())
+}
+
+/// Rebuilds the study from the journal; returns the wall time of the earlier runs (ms).
+fn replay(study: &mut Study, keys: &mut BTreeMap<usize, String>, events: &[Event]) -> u64 {
+    let mut earlier_ms = 0u64;
+    let mut session: Option<(u64, u64)> = None;
+    for event in events {
+        match event {
+            Event::Session { at_ms } => {
+                if let Some((start, last)) = session {
+                    earlier_ms += last.saturating_sub(start);
+                }
+                session = Some((*at_ms, *at_ms));
+            }
+            Event::Trial {
+                trial, params, key, ..
+            } => {
+                let n = study.add(params.clone());
+                debug_assert_eq!(n, *trial);
+                keys.insert(n, key.clone());
+            }
+            Event::Start { trial, until, .. } => study.started(Job {
+                trial: *trial,
+                until: *until,
+            }),
+            Event::Result {
+                trial,
+                scores,
+                complete,
+                seconds,
+                ..
+            } => study.finished(*trial, scores.clone(), *complete, *seconds),
+            Event::Failed {
+                trial,
+                message,
+                seconds,
+                ..
+            } => study.failed(*trial, message.clone(), *seconds),
+        }
+        if let Some((_, last)) = session.as_mut() {
+            *last = event.at_ms();
+        }
+    }
+    if let Some((start, last)) = session {
+        earlier_ms += last.saturating_sub(start);
+    }
+    earlier_ms
+}
+
+/// Trials at once: as asked, within the stage's CPU threads, and one per GPU for GPU training.
+fn parallel_trials(config: &TuneConfig, engine: &EngineContext<'_>) -> usize {
+    let mut n = config.parallel.min(engine.threads.max(1));
+    let device = config.train["device"].as_str().unwrap_or("auto");
+    if matches!(device, "wgpu" | "cuda") {
+        n = n.min(engine.gpus.max(1) as usize);
+    }
+    if n < config.parallel {
+        warn!(
+            "running {n} trial(s) at once, not {}: the stage holds {} CPU thread(s) and {} GPU(s)",
+            config.parallel, engine.threads, engine.gpus
+        );
+    }
+    n.max(1)
+}
+
+fn trial_spec(
+    job: &StageJob<'_>,
+    engine: &EngineContext<'_>,
+    kind: &dyn StageKind,
+    trial: usize,
+    params: Value,
+) -> TrialSpec {
+    let spec = kind.spec();
+    let names: Vec<&str> = spec.inputs.iter().map(|i| i.name).collect();
+    let parts = KeyParts {
+        kind: spec.name.to_owned(),
+        kind_version: spec.version,
+        covseg_version: COVSEG_VERSION.to_owned(),
+        params,
+        seed: spec.uses_seed.then_some(job.seed),
+        inputs: engine
+            .parts
+            .inputs
+            .iter()
+            .filter(|(name, _)| names.contains(&name.as_str()))
+            .map(|(name, digest)| (name.clone(), *digest))
+            .collect(),
+    };
+    TrialSpec {
+        cache: absolute(engine.store.root()),
+        stage: format!("{}/trial-{trial}", engine.stage),
+        pipeline: engine.pipeline.clone(),
+        sources: BTreeMap::new(),
+        inputs: job
+            .inputs
+            .iter()
+            .filter(|(name, _)| names.contains(&name.as_str()))
+            .map(|(name, path)| (name.clone(), absolute(path)))
+            .collect(),
+        parts,
+    }
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
+}
+
+fn spec_path(dir: &Path, trial: usize) -> PathBuf {
+    dir.join(format!("{trial}.json"))
+}
+
+fn write_spec(dir: &Path, trial: usize, spec: &TrialSpec) -> Result<(), StageFailure> {
+    let bytes = serde_json::to_vec_pretty(spec)
+        .map_err(|e| StageFailure::internal(format!("trial spec: {e}")))?;
+    crate::atomic::write(&spec_path(dir, trial), &bytes).map_err(StageFailure::from)
+}
