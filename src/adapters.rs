@@ -300,7 +300,7 @@ impl StageKind for Pretrained {
     }
 }
 
-struct Train;
+pub(crate) struct Train;
 
 const TRAIN_BUNDLE: OutputSpec = OutputSpec {
     name: "bundle",

@@ -473,3 +473,33 @@ fn write_spec(dir: &Path, trial: usize, spec: &TrialSpec) -> Result<(), StageFai
         .map_err(|e| StageFailure::internal(format!("trial spec: {e}")))?;
     crate::atomic::write(&spec_path(dir, trial), &bytes).map_err(StageFailure::from)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A trial's key must not move by a last bit between the run that proposes it and a resumed
+    /// run that reads its params back from the journal.
+    #[test]
+    fn trial_params_keep_every_bit_of_the_sample() {
+        let base = crate::adapters::Train.params(&toml::Table::new()).unwrap();
+        for i in 0..2000u32 {
+            let lr = 1e-4 * (1.0 + f64::from(i) * 0.000_731_3).powf(3.7) + 1e-17 * f64::from(i);
+            let sample = Sample::from([("lr".to_owned(), json!(lr))]);
+            let params = trial_params(&crate::adapters::Train, &base, &sample).unwrap();
+            assert_eq!(
+                params["lr"].as_f64().unwrap().to_bits(),
+                lr.to_bits(),
+                "lr {lr:e}"
+            );
+            let line = serde_json::to_string(&sample).unwrap();
+            let back: Sample = serde_json::from_str(&line).unwrap();
+            assert_eq!(
+                back["lr"].as_f64().unwrap().to_bits(),
+                lr.to_bits(),
+                "journal {lr:e}"
+            );
+        }
+    }
+}

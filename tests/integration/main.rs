@@ -12,3 +12,4 @@ mod run;
 mod submission;
 mod test;
 mod train;
+mod tune;
