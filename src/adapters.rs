@@ -234,6 +234,16 @@ impl StageKind for AugmentCache {
                     required: true,
                     about: "a split's train_labels",
                 },
+                InputSpec {
+                    name: "more_images",
+                    required: false,
+                    about: "more slices to add, e.g. a split's val_images for a final training on train + validation",
+                },
+                InputSpec {
+                    name: "more_labels",
+                    required: false,
+                    about: "their labels (with more_images)",
+                },
             ],
             outputs: &[AUG_SHARDS, AUG_PREVIEW],
             uses_seed: true,
@@ -248,10 +258,48 @@ impl StageKind for AugmentCache {
         })
     }
 
+    fn check_inputs(&self, wired: &[&str], _params: &serde_json::Value) -> Result<(), String> {
+        if wired.contains(&"more_images") != wired.contains(&"more_labels") {
+            return Err("wire both more_images and more_labels (e.g. \"@split.val_images\" and \"@split.val_labels\"), or neither".into());
+        }
+        Ok(())
+    }
+
     fn run(&self, job: &StageJob<'_>) -> Result<(), StageFailure> {
         let config: augmented::AugmentCacheConfig = job.config()?;
-        let images: ndarray::Array4<f32> = npy::read(job.required("images")?)?;
-        let labels: ndarray::Array3<u8> = npy::read(job.required("labels")?)?;
+        let mut images: ndarray::Array4<f32> = npy::read(job.required("images")?)?;
+        let mut labels: ndarray::Array3<u8> = npy::read(job.required("labels")?)?;
+        if let (Some(more_images), Some(more_labels)) =
+            (job.input("more_images"), job.input("more_labels"))
+        {
+            let extra_images: ndarray::Array4<f32> = npy::read(more_images)?;
+            let extra_labels: ndarray::Array3<u8> = npy::read(more_labels)?;
+            let mismatch = |path: &std::path::Path, what: String| -> StageFailure {
+                covseg_stages::Error::invalid_data(path, what).into()
+            };
+            images = ndarray::concatenate(ndarray::Axis(0), &[images.view(), extra_images.view()])
+                .map_err(|_| {
+                    mismatch(
+                        more_images,
+                        format!(
+                            "shape {:?} does not match the images' {:?} after the first axis",
+                            extra_images.dim(),
+                            images.dim()
+                        ),
+                    )
+                })?;
+            labels = ndarray::concatenate(ndarray::Axis(0), &[labels.view(), extra_labels.view()])
+                .map_err(|_| {
+                    mismatch(
+                        more_labels,
+                        format!(
+                            "shape {:?} does not match the labels' {:?} after the first axis",
+                            extra_labels.dim(),
+                            labels.dim()
+                        ),
+                    )
+                })?;
+        }
         let dir = job.output(&AUG_SHARDS);
         let index = augmented::build(&images, &labels, &config, job.seed, &dir, job.progress)?;
         let picture = augmented::preview(&dir, &index, config.preview)?;
@@ -375,6 +423,14 @@ impl StageKind for Train {
 
     fn run(&self, job: &StageJob<'_>) -> Result<(), StageFailure> {
         let report = run_training(job, None)?;
+        if job.input("val_images").is_none() {
+            tracing::info!(
+                "trained on {}: {} epoch(s) without validation; the bundle holds the last",
+                report.device,
+                report.history.len()
+            );
+            return Ok(());
+        }
         tracing::info!(
             "trained on {}: best validation score {:.4} at epoch {} of {}{}",
             report.device,
@@ -694,6 +750,11 @@ const EVAL_BUNDLE: OutputSpec = OutputSpec {
     file: "bundle",
     about: "the bundle with the thresholds chosen on validation (what predict should use)",
 };
+const EVAL_THRESHOLDS: OutputSpec = OutputSpec {
+    name: "thresholds",
+    file: "thresholds.json",
+    about: "the per-class thresholds chosen on validation, for predict with another bundle (the final training's)",
+};
 const EVAL_REPORT: OutputSpec = OutputSpec {
     name: "report",
     file: "report",
@@ -704,7 +765,7 @@ impl StageKind for Evaluate {
     fn spec(&self) -> &KindSpec {
         const SPEC: KindSpec = KindSpec {
             name: "evaluate",
-            version: 1,
+            version: 2,
             about: "scores a bundle on the validation slices (Kaggle F1), picks per-class thresholds by a sweep, reports best and worst slices",
             inputs: &[
                 InputSpec {
@@ -728,7 +789,13 @@ impl StageKind for Evaluate {
                     about: "a train stage's curve, shown in the report",
                 },
             ],
-            outputs: &[EVAL_METRICS, EVAL_PER_SLICE, EVAL_BUNDLE, EVAL_REPORT],
+            outputs: &[
+                EVAL_METRICS,
+                EVAL_PER_SLICE,
+                EVAL_BUNDLE,
+                EVAL_THRESHOLDS,
+                EVAL_REPORT,
+            ],
             uses_seed: false,
             resources: ALL_CPUS,
         };
@@ -761,6 +828,11 @@ impl StageKind for Evaluate {
             },
             job.progress,
         )?;
+        let path = job.output(&EVAL_THRESHOLDS);
+        let text = serde_json::to_string_pretty(&result.thresholds)
+            .map_err(|e| StageFailure::internal(e.to_string()))?;
+        std::fs::write(&path, text + "\n")
+            .map_err(|e| StageFailure::internal(format!("{}: {e}", path.display())))?;
         tracing::info!(
             "validation score {:.4} (GGO {:.4}, consolidation {:.4}) at thresholds {} / {}; {:.4} before the sweep",
             result.metrics.score,
@@ -814,6 +886,11 @@ impl StageKind for Predict {
                     required: false,
                     about: "an image folder (images/<id>.png|jpg, or the images themselves)",
                 },
+                InputSpec {
+                    name: "thresholds",
+                    required: false,
+                    about: "an evaluate stage's thresholds, used instead of the bundle's (e.g. for the final training's bundle)",
+                },
             ],
             outputs: &[PREDICT_OUT, PREDICT_OVERLAYS, PREDICT_TIMING],
             uses_seed: false,
@@ -839,7 +916,17 @@ impl StageKind for Predict {
     fn run(&self, job: &StageJob<'_>) -> Result<(), StageFailure> {
         let config: predict::PredictConfig = job.config()?;
         let device = training::select_device(config.device)?;
-        let bundle = training::load_bundle(job.required("bundle")?, &device.device)?;
+        let mut bundle = training::load_bundle(job.required("bundle")?, &device.device)?;
+        if let Some(path) = job.input("thresholds") {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| StageFailure::from(covseg_stages::Error::io(path, e)))?;
+            bundle.thresholds = serde_json::from_str(&text).map_err(|e| {
+                StageFailure::from(covseg_stages::Error::invalid_data(
+                    path,
+                    format!("expected {{\"ggo\": p, \"consolidation\": p}}: {e}"),
+                ))
+            })?;
+        }
         let input = match job.input("folder") {
             Some(folder) => predict::PredictInput::Folder(folder.to_owned()),
             None => predict::PredictInput::Kaggle(job.required("images")?.to_owned()),

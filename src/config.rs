@@ -305,7 +305,11 @@ impl Pipeline {
                 d
             })?;
             let wired: Vec<&str> = inputs.keys().map(String::as_str).collect();
-            if let Err(message) = kind.check_inputs(&wired, &params) {
+            // With `params_from` the params are only known once upstream has run; `resolve`
+            // checks them then.
+            if s.params_from.is_none()
+                && let Err(message) = kind.check_inputs(&wired, &params)
+            {
                 return Err(
                     Diagnostic::new(format!("stage `{}`: {message}", s.name.get_ref()))
                         .at(at(s.name.span()))

@@ -73,7 +73,19 @@ pub fn resolve(
         Some(r) => {
             let (path, _digest) = locate(pipeline, stage, "params_from", r, upstream, memo)?;
             sources.insert("params_from".into(), r.to_string());
-            merged_params(pipeline, stage, r, &path)?
+            let params = merged_params(pipeline, stage, r, &path)?;
+            let wired: Vec<&str> = stage.inputs.keys().map(String::as_str).collect();
+            stage
+                .kind
+                .check_inputs(&wired, &params)
+                .map_err(|message| {
+                    Diagnostic::new(format!(
+                        "stage `{}`: with the params from {r}: {message}",
+                        stage.name
+                    ))
+                    .at(pipeline.location(stage))
+                })?;
+            params
         }
     };
     let spec = stage.kind.spec();

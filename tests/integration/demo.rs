@@ -11,7 +11,27 @@ fn demo_pipeline_runs_then_is_all_cached() {
         "examples/demo.toml",
     ]);
     t.run();
-    assert!(t.last_outcomes().iter().all(|(_, o)| o == "ran"));
+    for (stage, outcome) in t.last_outcomes() {
+        // The train stage takes tune's best params: the best trial already ran it.
+        let expected = if stage == "train" { "hit" } else { "ran" };
+        assert_eq!(outcome, expected, "{stage}");
+    }
+    let trials: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(t.output("tune", "trials.json")).unwrap()).unwrap();
+    assert_eq!(trials["trials"].as_array().unwrap().len(), 4);
+    // The final model trained on train + validation, for the recipe's epochs.
+    let recipe: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(t.output("train", "recipe.json")).unwrap()).unwrap();
+    let final_epochs = std::fs::read_to_string(t.output("train-final", "metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .count();
+    assert_eq!(Some(final_epochs as u64), recipe["epochs"].as_u64());
+    let all: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(t.output("augment-all", "shards/index.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(all["slices"].as_u64() > index_slices(&t));
     let preview = std::fs::read(t.output("augment", "preview.png")).unwrap();
     assert_eq!(&preview[1..4], b"PNG");
     let index: serde_json::Value =
@@ -36,8 +56,8 @@ fn demo_pipeline_runs_then_is_all_cached() {
     // One evaluate param: evaluate and what follows rerun (or are found, if their inputs came out
     // the same), nothing before it.
     let changed = demo.replace(
-        "params = { device = \"cpu\" }\n\n[[stage]]\nname = \"predict\"",
-        "params = { device = \"cpu\", sweep_step = 0.1 }\n\n[[stage]]\nname = \"predict\"",
+        "curve = \"@train.curve\" }\nparams = { device = \"cpu\" }",
+        "curve = \"@train.curve\" }\nparams = { device = \"cpu\", sweep_step = 0.1 }",
     );
     assert_ne!(changed, demo);
     std::fs::write(t.path().join("examples/demo.toml"), &changed).unwrap();
@@ -69,4 +89,11 @@ fn kaggle_pipeline_plan_and_run_without_data() {
         "{}",
         run.stderr
     );
+}
+
+fn index_slices(t: &Test) -> Option<u64> {
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(t.output("augment", "shards/index.json")).unwrap())
+            .unwrap();
+    index["slices"].as_u64()
 }
