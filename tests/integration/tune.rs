@@ -314,3 +314,21 @@ fn a_searched_path_the_train_params_lack_is_a_config_error() {
     );
     assert!(t.objects().is_empty(), "nothing ran");
 }
+
+/// Two trials at once, each its own process: the search still completes every trial, and the
+/// train stage still finds the best one in the cache.
+#[test]
+fn parallel_trials_run_side_by_side() {
+    let pipeline = pipeline()
+        .replace("trials = 8", "trials = 4\nparallel = 2")
+        .replace("startup_trials = 3", "startup_trials = 2");
+    let mut t = Test::new().pipeline(&pipeline).args(["run"]);
+    t.run();
+    let table = trials(&t);
+    let rows = table["trials"].as_array().unwrap();
+    assert_eq!(rows.len(), 4);
+    assert!(rows.iter().all(|r| r["state"] == "completed" || r["state"] == "pruned"), "{table:#}");
+    let best = &rows[table["best_trial"].as_u64().unwrap() as usize];
+    assert_eq!(key_of(&t, "train"), best["key"].as_str().unwrap());
+    assert_eq!(outcome(&t, "train"), "hit");
+}
