@@ -327,7 +327,11 @@ fn parallel_trials_run_side_by_side() {
     let table = trials(&t);
     let rows = table["trials"].as_array().unwrap();
     assert_eq!(rows.len(), 4);
-    assert!(rows.iter().all(|r| r["state"] == "completed" || r["state"] == "pruned"), "{table:#}");
+    assert!(
+        rows.iter()
+            .all(|r| r["state"] == "completed" || r["state"] == "pruned"),
+        "{table:#}"
+    );
     let best = &rows[table["best_trial"].as_u64().unwrap() as usize];
     assert_eq!(key_of(&t, "train"), best["key"].as_str().unwrap());
     assert_eq!(outcome(&t, "train"), "hit");
