@@ -365,7 +365,7 @@ fn without_validation_the_bundle_holds_the_last_epoch() {
         copies: 1,
         ..Default::default()
     };
-    let data = Prepared::new(dir.path(), 8, 32, &augment, 3);
+    let data = Prepared::new(dir.path(), 8, 64, &augment, 3);
     let config = TrainConfig {
         model: small_unet(),
         epochs: 2,
