@@ -3,7 +3,6 @@
 //! never build the same entry twice: the second waits and reuses.
 
 use std::collections::BTreeMap;
-use std::panic::AssertUnwindSafe;
 use std::sync::mpsc;
 use std::time::Instant;
 
@@ -13,7 +12,7 @@ use crate::config::{Pipeline, Stage};
 use crate::dag::Dag;
 use crate::error::{Error, Result};
 use crate::hash_memo::HashMemo;
-use crate::kind::{EngineContext, StageFailure, StageJob};
+use crate::kind::{EngineContext, StageFailure, StageJob, run_guarded};
 use crate::plan::pipeline_id;
 use crate::resolve::{self, Resolved};
 use crate::runlog::{RunRecord, StageOutcome, StageRun};
@@ -284,40 +283,11 @@ fn execute(
         engine: Some(&engine),
     };
     let started = Instant::now();
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(stage.resources.cpu as usize)
-        .build()
-        .map_err(|e| {
-            StageFailure::internal(format!(
-                "cannot start {} worker threads: {e}",
-                stage.resources.cpu
-            ))
-        })?;
-    let outcome =
-        std::panic::catch_unwind(AssertUnwindSafe(|| pool.install(|| stage.kind.run(&job))));
+    let outcome = run_guarded(stage.resources.cpu as usize, || stage.kind.run(&job));
     progress.finish();
-    match outcome {
-        Ok(Ok(())) => {}
-        Ok(Err(failure)) => return Err(failure),
-        Err(panic) => {
-            let what = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                .unwrap_or_default();
-            return Err(StageFailure::internal(format!(
-                "the stage panicked (a bug in covseg, please report it): {what}"
-            )));
-        }
-    }
+    outcome?;
     let seconds = started.elapsed().as_secs_f64();
-    let outputs: Vec<(&str, &str)> = stage
-        .kind
-        .spec()
-        .outputs
-        .iter()
-        .map(|o| (o.name, o.file))
-        .collect();
+    let outputs = stage.kind.spec().output_files();
     let record = EntryRecord {
         key,
         stage: stage.name.clone(),

@@ -42,6 +42,43 @@ pub struct KindSpec {
     pub resources: Resources,
 }
 
+impl KindSpec {
+    /// (name, file) of each declared output, as the store publishes them.
+    pub fn output_files(&self) -> Vec<(&'static str, &'static str)> {
+        self.outputs.iter().map(|o| (o.name, o.file)).collect()
+    }
+}
+
+/// Runs a stage's work on a pool of `threads` workers; a panic becomes a failure that says it is
+/// a bug, instead of taking the process down.
+pub fn run_guarded<T>(
+    threads: usize,
+    work: impl FnOnce() -> Result<T, StageFailure> + Send,
+) -> Result<T, StageFailure>
+where
+    T: Send,
+{
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.max(1))
+        .build()
+        .map_err(|e| {
+            StageFailure::internal(format!("cannot start {threads} worker threads: {e}"))
+        })?;
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pool.install(work))) {
+        Ok(result) => result,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_default();
+            Err(StageFailure::internal(format!(
+                "the stage panicked (a bug in covseg, please report it): {what}"
+            )))
+        }
+    }
+}
+
 /// A param problem found by a kind: which key (if one) and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParamError {

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Diagnostic, Error, Result};
 use crate::key::{InputSources, KeyParts};
-use crate::kind::{StageJob, Tunable};
+use crate::kind::{StageJob, Tunable, run_guarded};
 use crate::store::{self, ArtifactStore, EntryRecord};
 
 /// Everything one trial needs; written by the tune stage, read by `covseg trial`.
@@ -130,25 +130,11 @@ fn segment(spec: &TrialSpec, until: usize, threads: usize, report: &mut TrialRep
         progress: &covseg_stages::NoProgress,
         engine: None,
     };
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads.max(1))
-        .build()
-        .map_err(|e| Error::Corrupt {
-            path: spec.cache.clone(),
-            message: format!("cannot start {threads} worker threads: {e}"),
-        })?;
     let started = Instant::now();
-    let progress = pool
-        .install(|| tunable.run_until(&job, until))
-        .map_err(failure)?;
+    let progress = run_guarded(threads, || tunable.run_until(&job, until)).map_err(failure)?;
     report.scores = progress.scores;
     if progress.complete {
-        let outputs: Vec<(&str, &str)> = kind
-            .spec()
-            .outputs
-            .iter()
-            .map(|o| (o.name, o.file))
-            .collect();
+        let outputs = kind.spec().output_files();
         let record = EntryRecord {
             key,
             stage: spec.stage.clone(),

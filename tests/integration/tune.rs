@@ -249,7 +249,18 @@ fn a_tune_killed_mid_trial_redoes_that_trial_and_not_the_finished_ones() {
         .collect();
     assert!(!in_flight.is_empty(), "nothing was running at the kill");
 
-    t.then(["run", "--stage", "tune"]).go();
+    let rerun = t.then(["run", "--stage", "tune"]).go();
+    assert!(
+        rerun.stderr.contains("resuming the search"),
+        "{}",
+        rerun.stderr
+    );
+    // Segments the rerun ran (one log line each): all but those finished before the kill.
+    let rerun_segments = rerun
+        .stderr
+        .lines()
+        .filter(|l| l.contains(" epoch(s), best score"))
+        .count() as u64;
     let after = journal(&t);
     assert!(
         after.is_empty(),
@@ -296,7 +307,11 @@ fn a_tune_killed_mid_trial_redoes_that_trial_and_not_the_finished_ones() {
         segments, clean_segments,
         "segments: a finished one was run again, or the killed one was not"
     );
-    let _ = in_flight;
+    assert_eq!(
+        rerun_segments,
+        clean_segments - finished.len() as u64,
+        "the rerun ran a segment finished before the kill, or skipped the killed one ({in_flight:?})"
+    );
 }
 
 #[test]
