@@ -131,6 +131,12 @@ pub fn gc(store: &ArtifactStore, keep_last: usize, dry_run: bool) -> Result<Stri
             Err((path, _)) => (path.clone(), None, 0, "?".into()),
         };
         if key.is_some_and(|k| keep.contains(&k)) {
+            // Results a forced rerun replaced, still beside the current ones.
+            if let Ok(entry) = &e
+                && !dry_run
+            {
+                store.remove_stray_outputs(entry)?;
+            }
             continue;
         }
         let _ = writeln!(

@@ -79,9 +79,18 @@ pub fn file(path: &Path) -> Result<Digest> {
     Ok(Digest(*hasher.finalize().as_bytes()))
 }
 
-/// Every regular file under `root`, as sorted relative paths with `/` separators.
+/// Every regular file under `root`, as sorted relative paths with `/` separators. Symbolic links
+/// are followed, to files and to folders alike (a dataset whose `images/` is a link to another
+/// disk is still part of the digest); a link back into a folder being walked is an error that
+/// names the loop, and a dangling link is an error naming it.
 pub fn list_files(root: &Path) -> Result<Vec<(String, PathBuf)>> {
-    fn walk(dir: &Path, prefix: &str, out: &mut Vec<(String, PathBuf)>) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    fn walk(
+        dir: &Path,
+        prefix: &str,
+        stack: &mut Vec<(u64, u64)>,
+        out: &mut Vec<(String, PathBuf)>,
+    ) -> Result<()> {
         for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
             let entry = entry.map_err(|e| Error::io(dir, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -92,16 +101,35 @@ pub fn list_files(root: &Path) -> Result<Vec<(String, PathBuf)>> {
             };
             let path = entry.path();
             let kind = entry.file_type().map_err(|e| Error::io(&path, e))?;
-            if kind.is_dir() {
-                walk(&path, &rel, out)?;
-            } else if kind.is_file() || (kind.is_symlink() && path.is_file()) {
+            // Following the link: what it points at decides.
+            let meta = if kind.is_symlink() {
+                std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?
+            } else {
+                entry.metadata().map_err(|e| Error::io(&path, e))?
+            };
+            if meta.is_dir() {
+                let id = (meta.dev(), meta.ino());
+                if stack.contains(&id) {
+                    return Err(Error::io(
+                        &path,
+                        std::io::Error::other(
+                            "a symbolic link loops back into a folder that contains it",
+                        ),
+                    ));
+                }
+                stack.push(id);
+                walk(&path, &rel, stack, out)?;
+                stack.pop();
+            } else if meta.is_file() {
                 out.push((rel, path));
             }
         }
         Ok(())
     }
+    let meta = std::fs::metadata(root).map_err(|e| Error::io(root, e))?;
+    let mut stack = vec![(meta.dev(), meta.ino())];
     let mut out = Vec::new();
-    walk(root, "", &mut out)?;
+    walk(root, "", &mut stack, &mut out)?;
     out.sort();
     Ok(out)
 }
@@ -131,6 +159,26 @@ mod tests {
             std::fs::write(&p, &bytes).unwrap();
             assert_eq!(file(&p).unwrap(), Digest::of_bytes(&bytes));
         }
+    }
+
+    #[test]
+    fn linked_folders_are_followed_and_loops_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        std::fs::create_dir_all(real.join("sub")).unwrap();
+        std::fs::write(real.join("sub/a.png"), b"a").unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        std::os::unix::fs::symlink(&real, data.join("images")).unwrap();
+        let files = list_files(&data).unwrap();
+        assert_eq!(
+            files.iter().map(|(r, _)| r.as_str()).collect::<Vec<_>>(),
+            ["images/sub/a.png"]
+        );
+        std::os::unix::fs::symlink(&real, real.join("sub/again")).unwrap();
+        let err = list_files(&data).unwrap_err().to_string();
+        assert!(err.contains("loops back"), "{err}");
+        assert!(err.contains("again"), "{err}");
     }
 
     #[test]

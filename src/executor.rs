@@ -2,12 +2,13 @@
 //! same time within the job, CPU and GPU limits; each stage takes its key's lock, so two processes
 //! never build the same entry twice: the second waits and reuses.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::mpsc;
 use std::time::Instant;
 
 use tracing::{error, info, warn};
 
+use crate::build::{Built, Target, build};
 use crate::config::{Pipeline, Stage};
 use crate::dag::Dag;
 use crate::error::{Error, Result};
@@ -16,7 +17,7 @@ use crate::kind::{EngineContext, StageFailure, StageJob, run_guarded};
 use crate::plan::pipeline_id;
 use crate::resolve::{self, Resolved};
 use crate::runlog::{RunRecord, StageOutcome, StageRun};
-use crate::store::{self, ArtifactStore, Entry, EntryRecord};
+use crate::store::{self, ArtifactStore, Entry};
 use crate::ui::Ui;
 
 pub struct RunOptions {
@@ -64,11 +65,30 @@ pub fn run(
     } else {
         options.selected.clone()
     };
-    let _gc_guard = store.lock_shared()?;
+    let gc_guard = store.lock_shared()?;
     let started = Instant::now();
     let started_unix_ms = store::now_unix_ms();
-    let mut status: BTreeMap<usize, Status> =
-        stages.iter().map(|&i| (i, Status::Pending)).collect();
+    let count = pipeline.stages.len();
+    let mut is_forced = vec![false; count];
+    for &i in &forced {
+        is_forced[i] = true;
+    }
+    // Position of each stage of this run in graph order; the ready set is kept in that order so
+    // stages start the way the file lists them.
+    let mut position = vec![usize::MAX; count];
+    for (p, &i) in stages.iter().enumerate() {
+        position[i] = p;
+    }
+    let mut status: Vec<Status> = (0..count).map(|_| Status::Pending).collect();
+    // Upstream stages not done yet; every upstream stage of a selected stage is in the run.
+    let mut waiting: Vec<usize> = vec![0; count];
+    let mut ready: BTreeSet<usize> = BTreeSet::new();
+    for &i in &stages {
+        waiting[i] = dag.upstream(i).len();
+        if waiting[i] == 0 {
+            ready.insert(position[i]);
+        }
+    }
     let mut runs: BTreeMap<usize, StageRun> = BTreeMap::new();
     let mut any_input_error = false;
     let (mut used_cpu, mut used_gpu, mut running) = (0u32, 0u32, 0usize);
@@ -76,83 +96,92 @@ pub fn run(
 
     std::thread::scope(|scope| {
         loop {
-            // Stages behind a failure cannot run.
-            for &i in &stages {
-                if matches!(status[&i], Status::Pending)
-                    && dag
-                        .upstream(i)
-                        .iter()
-                        .any(|u| matches!(status.get(u), Some(Status::Failed | Status::Blocked)))
-                {
-                    status.insert(i, Status::Blocked);
-                    let stage = &pipeline.stages[i];
-                    warn!(stage = %stage.name, "blocked: an upstream stage failed");
-                    runs.insert(
-                        i,
-                        StageRun {
-                            name: stage.name.clone(),
-                            kind: stage.kind.spec().name.into(),
-                            outcome: StageOutcome::Blocked,
-                            key: None,
-                            parts: None,
-                            sources: Default::default(),
-                            seconds: 0.0,
-                            error: None,
-                        },
-                    );
+            let mut started_now = Vec::new();
+            for &p in &ready {
+                if running >= options.jobs.max(1) {
+                    break;
                 }
-            }
-            for &i in &stages {
-                if !matches!(status[&i], Status::Pending) {
-                    continue;
-                }
-                let upstream = dag.upstream(i);
-                if !upstream
-                    .iter()
-                    .all(|u| matches!(status.get(u), Some(Status::Done(_))))
-                {
-                    continue;
-                }
+                let i = stages[p];
                 let stage = &pipeline.stages[i];
                 let need = stage.resources;
-                let fits = running < options.jobs.max(1)
-                    && used_gpu + need.gpu <= pipeline.limits.gpu
+                let fits = used_gpu + need.gpu <= pipeline.limits.gpu
                     && (running == 0 || used_cpu + need.cpu <= pipeline.limits.cpu);
                 if !fits {
                     continue;
                 }
-                let entries: BTreeMap<String, Entry> = upstream
-                    .iter()
+                let entries: BTreeMap<String, Entry> = dag
+                    .upstream(i)
+                    .into_iter()
                     .filter_map(|u| match &status[u] {
-                        Status::Done(e) => Some((pipeline.stages[*u].name.clone(), (**e).clone())),
+                        Status::Done(e) => Some((pipeline.stages[u].name.clone(), (**e).clone())),
                         _ => None,
                     })
                     .collect();
-                status.insert(i, Status::Running);
+                status[i] = Status::Running;
+                started_now.push(p);
                 (used_cpu, used_gpu, running) =
                     (used_cpu + need.cpu, used_gpu + need.gpu, running + 1);
                 let tx = tx.clone();
-                let force = forced.contains(&i);
+                let force = is_forced[i];
                 scope.spawn(move || {
                     let finished = run_stage(pipeline, i, &entries, store, memo, force, ui);
                     let _ = tx.send(finished);
                 });
             }
+            for p in started_now {
+                ready.remove(&p);
+            }
             if running == 0 {
                 break;
             }
             let Ok(done) = rx.recv() else { break };
-            let need = pipeline.stages[done.stage].resources;
+            let i = done.stage;
+            let need = pipeline.stages[i].resources;
             (used_cpu, used_gpu, running) = (used_cpu - need.cpu, used_gpu - need.gpu, running - 1);
             any_input_error |= done.input_error;
-            status.insert(
-                done.stage,
-                match done.entry {
-                    Some(entry) => Status::Done(Box::new(entry)),
-                    None => Status::Failed,
-                },
-            );
-            runs.insert(done.stage, done.run);
+            runs.insert(i, done.run);
+            match done.entry {
+                Some(entry) => {
+                    status[i] = Status::Done(Box::new(entry));
+                    for d in dag.downstream(i) {
+                        if position[d] == usize::MAX {
+                            continue;
+                        }
+                        waiting[d] -= 1;
+                        if waiting[d] == 0 && matches!(status[d], Status::Pending) {
+                            ready.insert(position[d]);
+                        }
+                    }
+                }
+                None => {
+                    status[i] = Status::Failed;
+                    // Stages behind a failure cannot run.
+                    let mut behind = dag.downstream(i);
+                    while let Some(d) = behind.pop() {
+                        if position[d] == usize::MAX || !matches!(status[d], Status::Pending) {
+                            continue;
+                        }
+                        status[d] = Status::Blocked;
+                        ready.remove(&position[d]);
+                        let stage = &pipeline.stages[d];
+                        warn!(stage = %stage.name, "blocked: an upstream stage failed");
+                        runs.insert(
+                            d,
+                            StageRun {
+                                name: stage.name.clone(),
+                                kind: stage.kind.spec().name.into(),
+                                outcome: StageOutcome::Blocked,
+                                key: None,
+                                parts: None,
+                                sources: Default::default(),
+                                seconds: 0.0,
+                                error: None,
+                            },
+                        );
+                        behind.extend(dag.downstream(d));
+                    }
+                }
+            }
         }
     });
 
@@ -167,8 +196,15 @@ pub fn run(
             .values()
             .all(|r| matches!(r.outcome, StageOutcome::Hit | StageOutcome::Ran)),
         stages: stages.iter().filter_map(|i| runs.remove(i)).collect(),
+        hashing: memo.stats(),
     };
     record.save(&store.runs_dir())?;
+    // Results replaced by `--force` go once no other process can be reading them (the record
+    // above is saved first, so gc never sees this run's entries unreferenced).
+    drop(gc_guard);
+    if let Err(e) = store.sweep_replaced() {
+        warn!("cannot remove replaced results: {e}");
+    }
     if record.success {
         return Ok(record);
     }
@@ -255,54 +291,56 @@ fn execute(
     ui: &Ui,
 ) -> Result<(Entry, StageOutcome), StageFailure> {
     let key = resolved.key;
-    let lock = store.lock_key(&key, || info!(stage = %stage.name, key = %key.short(), "waiting: another covseg process is building this result"))?;
-    if !force && let Some(entry) = store.lookup(&key)? {
-        info!(stage = %stage.name, key = %key.short(), "cached");
-        return Ok((entry, StageOutcome::Hit));
-    }
-    info!(stage = %stage.name, key = %key.short(), "running");
-    let staging = store.stage(&key, &lock)?;
-    let out_dir = staging.out_dir();
-    let work_dir = store.work_dir(&key, &lock)?;
     let progress = ui.stage_progress(&stage.name);
-    let engine = EngineContext {
-        store,
-        parts: &resolved.parts,
-        stage: &stage.name,
-        pipeline: pipeline_id(pipeline),
-        threads: stage.resources.cpu as usize,
-        gpus: stage.resources.gpu,
-    };
-    let job = StageJob {
-        inputs: resolved.inputs.clone(),
-        params: &resolved.parts.params,
-        seed: pipeline.seed,
-        out_dir: &out_dir,
-        work_dir: &work_dir,
-        progress: &progress,
-        engine: Some(&engine),
-    };
-    let started = Instant::now();
-    let outcome = run_guarded(stage.resources.cpu as usize, || stage.kind.run(&job));
-    progress.finish();
-    outcome?;
-    let seconds = started.elapsed().as_secs_f64();
+    let pipeline_name = pipeline_id(pipeline);
     let outputs = stage.kind.spec().output_files();
-    let record = EntryRecord {
-        key,
-        stage: stage.name.clone(),
-        pipeline: pipeline_id(pipeline),
-        parts: resolved.parts.clone(),
-        sources: resolved.sources.clone(),
-        outputs: BTreeMap::new(),
-        created_unix_ms: store::now_unix_ms(),
-        seconds,
+    let target = Target {
+        parts: &resolved.parts,
+        sources: &resolved.sources,
+        stage: &stage.name,
+        pipeline: &pipeline_name,
+        outputs: &outputs,
     };
-    let entry = store.publish(staging, &outputs, record)?;
-    store.drop_work_dir(&key);
-    info!(stage = %stage.name, key = %key.short(), seconds = format!("{seconds:.2}"), "done");
-    drop(lock);
-    Ok((entry, StageOutcome::Ran))
+    let on_wait = || info!(stage = %stage.name, key = %key.short(), "waiting: another covseg process is building this result");
+    let started = Instant::now();
+    let built = build(store, &target, force, on_wait, |out_dir, work_dir| {
+        info!(stage = %stage.name, key = %key.short(), "running");
+        let engine = EngineContext {
+            store,
+            parts: &resolved.parts,
+            stage: &stage.name,
+            pipeline: pipeline_name.clone(),
+            threads: stage.resources.cpu as usize,
+            gpus: stage.resources.gpu,
+        };
+        let job = StageJob {
+            inputs: resolved.inputs.clone(),
+            params: &resolved.parts.params,
+            seed: pipeline.seed,
+            out_dir,
+            work_dir,
+            progress: &progress,
+            engine: Some(&engine),
+        };
+        let outcome = run_guarded(stage.resources.cpu as usize, || stage.kind.run(&job));
+        progress.finish();
+        outcome.map(|()| true)
+    });
+    progress.finish();
+    match built? {
+        Built::Hit(entry) => {
+            info!(stage = %stage.name, key = %key.short(), "cached");
+            Ok((entry, StageOutcome::Hit))
+        }
+        Built::Ran(entry) => {
+            let seconds = started.elapsed().as_secs_f64();
+            info!(stage = %stage.name, key = %key.short(), seconds = format!("{seconds:.2}"), "done");
+            Ok((entry, StageOutcome::Ran))
+        }
+        Built::Unfinished => Err(StageFailure::internal(
+            "the stage ended without completing its result",
+        )),
+    }
 }
 
 /// The table printed after a run.

@@ -43,6 +43,18 @@ struct Remembered {
 pub struct HashMemo {
     file: PathBuf,
     entries: Mutex<(BTreeMap<PathBuf, Remembered>, bool)>,
+    stats: Mutex<HashStats>,
+}
+
+/// What the memo saved and what it cost: kept in each run record, so a rerun can show that it read
+/// nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HashStats {
+    /// Files whose digest came from the memo.
+    pub memo_hits: u64,
+    /// Files read and hashed.
+    pub files_hashed: u64,
+    pub bytes_hashed: u64,
 }
 
 impl HashMemo {
@@ -55,6 +67,7 @@ impl HashMemo {
         Self {
             file,
             entries: Mutex::new((entries, false)),
+            stats: Mutex::new(HashStats::default()),
         }
     }
 
@@ -72,13 +85,33 @@ impl HashMemo {
         let key = std::path::absolute(path).map_err(|e| Error::io(path, e))?;
         let stamp = Stamp::of(&meta);
         if let Some(r) = self.lock().0.get(&key).filter(|r| r.stamp == stamp) {
+            self.count(|s| s.memo_hits += 1);
             return Ok(r.digest);
         }
         let digest = digest::file(path)?;
+        self.count(|s| {
+            s.files_hashed += 1;
+            s.bytes_hashed += stamp.size;
+        });
         let mut guard = self.lock();
         guard.0.insert(key, Remembered { stamp, digest });
         guard.1 = true;
         Ok(digest)
+    }
+
+    fn count(&self, f: impl FnOnce(&mut HashStats)) {
+        f(&mut self
+            .stats
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner));
+    }
+
+    /// What this memo has saved and read so far.
+    pub fn stats(&self) -> HashStats {
+        *self
+            .stats
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, (BTreeMap<PathBuf, Remembered>, bool)> {

@@ -15,6 +15,12 @@ pub struct KeyParts {
     pub params: serde_json::Value,
     /// Only for kinds that use randomness.
     pub seed: Option<u64>,
+    /// The class of device the results were made on (`cpu`, `cuda`, `wgpu`), for kinds that run
+    /// on one: `device = "auto"` resolves differently on different machines, and a shared cache
+    /// must not hand a CPU machine's checkpoint to a GPU run. Absent for other kinds, so their
+    /// keys are unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
     /// Input name → digest of its content (the path is not part of the key: moving a file with the
     /// same content reuses results).
     pub inputs: BTreeMap<String, Digest>,
@@ -103,6 +109,14 @@ pub fn changes(
             old.covseg_version, new.covseg_version
         ));
     }
+    if old.device != new.device {
+        let show = |d: &Option<String>| d.clone().unwrap_or_else(|| "none".to_owned());
+        out.push(format!(
+            "device class {} → {}",
+            show(&old.device),
+            show(&new.device)
+        ));
+    }
     if old.seed != new.seed {
         let show = |s: Option<u64>| s.map_or_else(|| "unset".to_owned(), |s| s.to_string());
         out.push(format!("seed {} → {}", show(old.seed), show(new.seed)));
@@ -159,6 +173,7 @@ mod tests {
             covseg_version: "0.1.0".into(),
             params: json!({"lr": 0.001, "opt": {"b": 1, "a": 2}}),
             seed: Some(7),
+            device: None,
             inputs: BTreeMap::from([("images".into(), Digest::of_bytes(b"x"))]),
         }
     }
@@ -183,7 +198,8 @@ mod tests {
             reordered.key(),
             "key order in params does not matter"
         );
-        let variants: [fn(&mut KeyParts); 5] = [
+        let variants: [fn(&mut KeyParts); 6] = [
+            |p| p.device = Some("cuda".into()),
             |p| p.kind_version = 2,
             |p| p.covseg_version = "0.2.0".into(),
             |p| p.params["lr"] = json!(0.0003),

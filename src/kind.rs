@@ -178,6 +178,20 @@ pub trait StageKind: Send + Sync {
         Ok(())
     }
     fn run(&self, job: &StageJob<'_>) -> Result<(), StageFailure>;
+    /// The dotted path of the kind's device param (`device`, `train.device`) for kinds that run
+    /// on a device. The pipeline's `[pipeline] device` is its default; a stage's own value wins.
+    fn device_param(&self) -> Option<&'static str> {
+        None
+    }
+    /// The device class (`cpu`, `cuda`, `wgpu`) the results of these normalised params depend
+    /// on; it enters the key. `auto` is resolved on this machine.
+    fn device_class(&self, params: &serde_json::Value) -> Option<&'static str> {
+        let path = self.device_param()?;
+        let value = path.split('.').try_fold(params, |v, k| v.get(k))?;
+        let choice: covseg_stages::training::DeviceChoice =
+            serde_json::from_value(value.clone()).ok()?;
+        Some(covseg_stages::training::device_class(choice))
+    }
     /// Kinds whose runs can be tuning trials (run in segments of epochs, scored per epoch).
     fn tunable(&self) -> Option<&dyn Tunable> {
         None
@@ -200,6 +214,27 @@ pub trait Tunable: Send + Sync {
     fn run_until(&self, job: &StageJob<'_>, epochs: usize) -> Result<TrialProgress, StageFailure>;
     /// The per-epoch scores of a complete run, from its outputs.
     fn scores(&self, out_dir: &Path) -> Result<Vec<f64>, StageFailure>;
+}
+
+/// The one constructor of a stage's key parts: a run of `kind` with these normalised params, the
+/// pipeline's seed (for kinds that use it) and these input digests. Pipeline stages and tuning
+/// trials both come through here, so a train stage with a trial's params is that trial's entry.
+pub fn key_parts(
+    kind: &dyn StageKind,
+    params: serde_json::Value,
+    seed: u64,
+    inputs: BTreeMap<String, crate::digest::Digest>,
+) -> crate::key::KeyParts {
+    let spec = kind.spec();
+    crate::key::KeyParts {
+        kind: spec.name.to_owned(),
+        kind_version: spec.version,
+        covseg_version: crate::key::COVSEG_VERSION.to_owned(),
+        device: kind.device_class(&params).map(str::to_owned),
+        seed: spec.uses_seed.then_some(seed),
+        params,
+        inputs,
+    }
 }
 
 /// Normalises params through a typed config: unknown keys are rejected with a suggestion, and the

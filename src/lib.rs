@@ -4,6 +4,7 @@
 
 pub mod adapters;
 pub mod atomic;
+pub mod build;
 pub mod cache_cmd;
 pub mod cli;
 pub mod config;

@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::path::PathBuf;
 
 use crate::config::Pipeline;
 use crate::dag::Dag;
@@ -12,7 +11,7 @@ use crate::hash_memo::HashMemo;
 use crate::key;
 use crate::reference::InputRef;
 use crate::resolve::{self, Resolved};
-use crate::runlog::{self, RunRecord};
+use crate::runlog::{self, StageRun};
 use crate::store::{ArtifactStore, Entry};
 
 #[derive(Debug, Clone)]
@@ -37,15 +36,10 @@ pub struct Row {
 }
 
 /// Why a stage with a known key and no entry must run, from its last run's key.
-pub fn reasons(
-    pipeline: &Pipeline,
-    runs: &[(PathBuf, RunRecord)],
-    stage: &str,
-    resolved: &Resolved,
-) -> Vec<String> {
-    match runlog::last_run_of(runs, &pipeline_id(pipeline), stage) {
+pub fn reasons(last: Option<&StageRun>, resolved: &Resolved) -> Vec<String> {
+    match last {
         None => vec!["never run".to_owned()],
-        Some((_, last)) => {
+        Some(last) => {
             let parts = last.parts.as_ref().unwrap_or(&resolved.parts);
             let changes = key::changes(parts, &last.sources, &resolved.parts, &resolved.sources);
             if changes.is_empty() {
@@ -77,6 +71,11 @@ pub fn plan(
     forced: &[usize],
 ) -> Result<Vec<Row>> {
     let runs = runlog::load_all(&store.runs_dir());
+    let last_runs = runlog::last_runs(&runs, &pipeline_id(pipeline));
+    let mut is_forced = vec![false; pipeline.stages.len()];
+    for &i in forced {
+        is_forced[i] = true;
+    }
     let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
     let mut states: BTreeMap<usize, State> = BTreeMap::new();
     let mut rows = Vec::new();
@@ -109,7 +108,7 @@ pub fn plan(
         } else {
             let r = resolve::resolve(pipeline, stage, &entries, memo)?;
             let state = match store.lookup(&r.key)? {
-                Some(entry) if !forced.contains(&i) => {
+                Some(entry) if !is_forced[i] => {
                     entries.insert(stage.name.clone(), entry);
                     State::Cached { key: r.key }
                 }
@@ -119,7 +118,7 @@ pub fn plan(
                 },
                 None => State::Stale {
                     key: Some(r.key),
-                    reasons: reasons(pipeline, &runs, &stage.name, &r),
+                    reasons: reasons(last_runs.get(stage.name.as_str()).copied(), &r),
                 },
             };
             resolved = Some(r);

@@ -8,7 +8,7 @@ use crate::config::{Pipeline, Stage};
 use crate::digest::Digest;
 use crate::error::{Diagnostic, Error, Result};
 use crate::hash_memo::HashMemo;
-use crate::key::{COVSEG_VERSION, InputSources, KeyParts};
+use crate::key::{InputSources, KeyParts};
 use crate::reference::InputRef;
 use crate::store::Entry;
 
@@ -88,15 +88,7 @@ pub fn resolve(
             params
         }
     };
-    let spec = stage.kind.spec();
-    let parts = KeyParts {
-        kind: spec.name.to_owned(),
-        kind_version: spec.version,
-        covseg_version: COVSEG_VERSION.to_owned(),
-        params,
-        seed: spec.uses_seed.then_some(pipeline.seed),
-        inputs: digests,
-    };
+    let parts = crate::kind::key_parts(stage.kind, params, pipeline.seed, digests);
     Ok(Resolved {
         key: parts.key(),
         parts,
@@ -132,7 +124,7 @@ fn locate(
                 path: entry.dir.join("entry.json"),
                 message: format!("the entry of `{up}` has no output `{output}`; run `covseg cache verify --fix`"),
             })?;
-            Ok((entry.dir.join("out").join(&record.path), record.digest))
+            Ok((entry.out_dir().join(&record.path), record.digest))
         }
     }
 }

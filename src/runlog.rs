@@ -56,6 +56,9 @@ pub struct RunRecord {
     pub seconds: f64,
     pub success: bool,
     pub stages: Vec<StageRun>,
+    /// External inputs taken from the hash memo and read afresh.
+    #[serde(default)]
+    pub hashing: crate::hash_memo::HashStats,
 }
 
 impl RunRecord {
@@ -88,6 +91,21 @@ pub fn load_all(runs_dir: &Path) -> Vec<(PathBuf, RunRecord)> {
         .collect();
     runs.sort_by(|a, b| (b.1.started_unix_ms, &b.1.id).cmp(&(a.1.started_unix_ms, &a.1.id)));
     runs
+}
+
+/// For every stage of `pipeline`, its newest run that computed a key: one pass over the records,
+/// so a plan of many stale stages stays linear.
+pub fn last_runs<'a>(
+    runs: &'a [(PathBuf, RunRecord)],
+    pipeline: &str,
+) -> std::collections::HashMap<&'a str, &'a StageRun> {
+    let mut out = std::collections::HashMap::new();
+    for (_, record) in runs.iter().filter(|(_, r)| r.pipeline == pipeline) {
+        for stage in record.stages.iter().filter(|s| s.parts.is_some()) {
+            out.entry(stage.name.as_str()).or_insert(stage);
+        }
+    }
+    out
 }
 
 /// The newest run of `pipeline` that computed a key for `stage`.

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cache/objects/<key>/entry.json   what made the entry and the digest of every output file
-//! cache/objects/<key>/out/…        the outputs
+//! cache/objects/<key>/out/…        the outputs (`out.<n>/` for a result that replaced one)
 //! cache/tmp/<key>.<pid>.<n>/       outputs being written
 //! cache/work/<key>/                a stage's resumable scratch (checkpoints), kept across kills
 //! cache/locks/<key>.lock           one OS lock per key: one writer at a time, across processes
@@ -51,6 +51,19 @@ pub struct EntryRecord {
     pub outputs: BTreeMap<String, OutputRecord>,
     pub created_unix_ms: u128,
     pub seconds: f64,
+    /// The folder under the entry that holds the outputs: `out`, or `out.<n>` for a result that
+    /// replaced an earlier one (`--force`), published beside it so a reader of the old one is
+    /// never cut short.
+    #[serde(default = "default_out", skip_serializing_if = "is_default_out")]
+    pub out: String,
+}
+
+fn default_out() -> String {
+    "out".to_owned()
+}
+
+fn is_default_out(out: &str) -> bool {
+    out == "out"
 }
 
 impl EntryRecord {
@@ -71,11 +84,16 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// The folder of the outputs.
+    pub fn out_dir(&self) -> PathBuf {
+        self.dir.join(&self.record.out)
+    }
+
     pub fn output_path(&self, name: &str) -> Option<PathBuf> {
         self.record
             .outputs
             .get(name)
-            .map(|o| self.dir.join("out").join(&o.path))
+            .map(|o| self.out_dir().join(&o.path))
     }
 }
 
@@ -107,6 +125,9 @@ impl Drop for Staging {
 
 pub struct ArtifactStore {
     root: PathBuf,
+    /// Output folders this process replaced (`--force`); removed by [`Self::sweep_replaced`] once
+    /// no other process can be reading them.
+    replaced: std::sync::Mutex<Vec<PathBuf>>,
 }
 
 static STAGING_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -132,6 +153,7 @@ impl ArtifactStore {
         }
         Ok(Self {
             root: root.to_owned(),
+            replaced: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -197,6 +219,17 @@ impl ArtifactStore {
             Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&path, e)),
         }
         Ok(KeyLock { _file: file })
+    }
+
+    /// Takes the key's lock if it is free; `None` when another process holds it.
+    pub fn try_lock_key(&self, key: &Digest) -> Result<Option<KeyLock>> {
+        let path = self.root.join("locks").join(format!("{}.lock", key.hex()));
+        let file = self.lock_file(&path)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(KeyLock { _file: file })),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(Error::io(&path, e)),
+        }
     }
 
     /// Holds the store against `gc` for as long as the returned file lives.
@@ -265,7 +298,8 @@ impl ArtifactStore {
     }
 
     /// Digests and syncs what the stage wrote, writes `entry.json`, and moves the folder into place.
-    /// An existing entry for the key (a forced rerun) is replaced.
+    /// An existing entry for the key (a forced rerun) is replaced: the new outputs are published
+    /// beside the old ones, which are never deleted under a reader.
     pub fn publish(
         &self,
         mut staging: Staging,
@@ -322,21 +356,39 @@ impl ArtifactStore {
             );
         }
         atomic::sync_tree(&out)?;
-        let bytes = serde_json::to_vec_pretty(&record).map_err(|e| Error::Corrupt {
-            path: staging.dir.clone(),
-            message: e.to_string(),
-        })?;
-        atomic::write(&staging.dir.join("entry.json"), &bytes)?;
         let target = self.object_dir(&staging.key);
+        let previous = match self.lookup(&staging.key) {
+            Ok(found) => found,
+            // An unreadable record is replaced like any other.
+            Err(_) => None,
+        };
         if target.exists() {
-            let old = self.root.join("tmp").join(format!(
-                "{}.replaced.{}",
-                staging.key.hex(),
-                std::process::id()
-            ));
-            std::fs::rename(&target, &old).map_err(|e| Error::io(&target, e))?;
-            std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+            // A rerun of an existing key: the new outputs go beside the old ones, then the record
+            // switches to them in one rename. Readers of the old outputs keep them until no other
+            // process can be reading (see `sweep_replaced`).
+            let n = STAGING_COUNTER.fetch_add(1, Ordering::Relaxed);
+            record.out = format!("out.{}.{}.{n}", now_unix_ms(), std::process::id());
+            let new_out = target.join(&record.out);
+            std::fs::rename(&out, &new_out).map_err(|e| Error::io(&new_out, e))?;
+            atomic::sync_dir(&target)?;
+            let bytes = record_bytes(&record, &target)?;
+            atomic::write(&target.join("entry.json"), &bytes)?;
+            let mut replaced = self.lock_replaced();
+            match previous {
+                Some(old) => replaced.push(old.out_dir()),
+                None => replaced.extend(stray_outputs(&target, &record.out)),
+            }
+            drop(replaced);
+            // The staging folder is empty now; dropping it removes it.
+            drop(staging);
+            return Ok(Entry {
+                dir: target,
+                record,
+            });
         }
+        record.out = default_out();
+        let bytes = record_bytes(&record, &staging.dir)?;
+        atomic::write(&staging.dir.join("entry.json"), &bytes)?;
         std::fs::rename(&staging.dir, &target).map_err(|e| Error::io(&target, e))?;
         staging.published = true;
         atomic::sync_dir(&self.root.join("objects"))?;
@@ -344,6 +396,42 @@ impl ArtifactStore {
             dir: target,
             record,
         })
+    }
+
+    fn lock_replaced(&self) -> std::sync::MutexGuard<'_, Vec<PathBuf>> {
+        self.replaced
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Removes the output folders this process replaced, if no other process holds the cache
+    /// (every run holds the gc lock shared while it reads entries). The caller must not hold the
+    /// gc lock itself. Left in place otherwise; `cache gc` removes them later.
+    pub fn sweep_replaced(&self) -> Result<usize> {
+        let replaced = std::mem::take(&mut *self.lock_replaced());
+        if replaced.is_empty() {
+            return Ok(0);
+        }
+        let Some(_alone) = self.lock_exclusive()? else {
+            return Ok(0);
+        };
+        let mut removed = 0;
+        for dir in replaced {
+            if std::fs::remove_dir_all(&dir).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Removes output folders of an entry that its record does not name (replaced results, or a
+    /// replacement killed before its record switched); gc calls it with every run excluded.
+    pub fn remove_stray_outputs(&self, entry: &Entry) -> Result<usize> {
+        let stray = stray_outputs(&entry.dir, &entry.record.out);
+        for dir in &stray {
+            std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        Ok(stray.len())
     }
 
     /// Every complete entry, newest first. Folders without a readable record are returned as errors.
@@ -374,7 +462,7 @@ impl ArtifactStore {
     /// Re-hashes an entry's files; returns one line per problem.
     pub fn verify(&self, entry: &Entry) -> Vec<String> {
         let mut problems = Vec::new();
-        let out = entry.dir.join("out");
+        let out = entry.out_dir();
         let mut listed = std::collections::BTreeSet::new();
         for output in entry.record.outputs.values() {
             for f in &output.files {
@@ -456,6 +544,27 @@ impl ArtifactStore {
         }
         Ok(removed)
     }
+}
+
+fn record_bytes(record: &EntryRecord, dir: &Path) -> Result<Vec<u8>> {
+    serde_json::to_vec_pretty(record).map_err(|e| Error::Corrupt {
+        path: dir.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+/// Output folders (`out`, `out.*`) of an entry folder other than `current`.
+fn stray_outputs(dir: &Path, current: &str) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|item| {
+            let name = item.file_name().to_string_lossy().into_owned();
+            name != current && (name == "out" || name.starts_with("out."))
+        })
+        .map(|item| item.path())
+        .collect()
 }
 
 fn file_len(path: &Path) -> Result<u64> {

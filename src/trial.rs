@@ -13,10 +13,11 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use crate::build::{Built, Target, build};
 use crate::error::{Diagnostic, Error, Result};
 use crate::key::{InputSources, KeyParts};
 use crate::kind::{StageJob, Tunable, run_guarded};
-use crate::store::{self, ArtifactStore, EntryRecord};
+use crate::store::ArtifactStore;
 
 /// Everything one trial needs; written by the tune stage, read by `covseg trial`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -109,45 +110,44 @@ fn segment(spec: &TrialSpec, until: usize, threads: usize, report: &mut TrialRep
     }
     let _gc_guard = store.lock_shared()?;
     let key = spec.parts.key();
-    let lock = store.lock_key(&key, || {
-        tracing::info!(key = %key.short(), "waiting: another covseg process is running this trial");
-    })?;
-    if let Some(entry) = store.lookup(&key)? {
-        report.scores = tunable.scores(&entry.dir.join("out")).map_err(failure)?;
-        report.complete = true;
-        report.cached = true;
-        return Ok(());
-    }
-    let staging = store.stage(&key, &lock)?;
-    let out_dir = staging.out_dir();
-    let work_dir = store.work_dir(&key, &lock)?;
-    let job = StageJob {
-        inputs: spec.inputs.clone(),
-        params: &spec.parts.params,
-        seed: spec.parts.seed.unwrap_or(0),
-        out_dir: &out_dir,
-        work_dir: &work_dir,
-        progress: &covseg_stages::NoProgress,
-        engine: None,
+    let outputs = kind.spec().output_files();
+    let target = Target {
+        parts: &spec.parts,
+        sources: &spec.sources,
+        stage: &spec.stage,
+        pipeline: &spec.pipeline,
+        outputs: &outputs,
     };
-    let started = Instant::now();
-    let progress = run_guarded(threads, || tunable.run_until(&job, until)).map_err(failure)?;
-    report.scores = progress.scores;
-    if progress.complete {
-        let outputs = kind.spec().output_files();
-        let record = EntryRecord {
-            key,
-            stage: spec.stage.clone(),
-            pipeline: spec.pipeline.clone(),
-            parts: spec.parts.clone(),
-            sources: spec.sources.clone(),
-            outputs: BTreeMap::new(),
-            created_unix_ms: store::now_unix_ms(),
-            seconds: started.elapsed().as_secs_f64(),
+    let on_wait = || {
+        tracing::info!(key = %key.short(), "waiting: another covseg process is running this trial");
+    };
+    let mut scores = Vec::new();
+    let built = build(&store, &target, false, on_wait, |out_dir, work_dir| {
+        let job = StageJob {
+            inputs: spec.inputs.clone(),
+            params: &spec.parts.params,
+            seed: spec.parts.seed.unwrap_or(0),
+            out_dir,
+            work_dir,
+            progress: &covseg_stages::NoProgress,
+            engine: None,
         };
-        store.publish(staging, &outputs, record)?;
-        store.drop_work_dir(&key);
-        report.complete = true;
+        let progress = run_guarded(threads, || tunable.run_until(&job, until))?;
+        scores = progress.scores;
+        Ok(progress.complete)
+    })
+    .map_err(failure)?;
+    match built {
+        Built::Hit(entry) => {
+            report.scores = tunable.scores(&entry.out_dir()).map_err(failure)?;
+            report.complete = true;
+            report.cached = true;
+        }
+        Built::Ran(_) => {
+            report.scores = scores;
+            report.complete = true;
+        }
+        Built::Unfinished => report.scores = scores,
     }
     Ok(())
 }
@@ -288,15 +288,20 @@ fn run_child(
 #[allow(unsafe_code)]
 fn die_with_parent(cmd: &mut std::process::Command) {
     use std::os::unix::process::CommandExt;
-    // SAFETY: the closure runs in the forked child before exec and only calls prctl, which is
-    // async-signal-safe and touches no memory of the parent.
+    let parent = std::process::id();
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl and getppid,
+    // which are async-signal-safe and touch no memory of the parent.
     unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
             }
+            // The parent may have died between fork and prctl: then no signal will ever come,
+            // and the trial would run on holding its key's lock. Do not start it.
+            if libc::getppid() as u32 != parent {
+                return Err(std::io::Error::other("the parent covseg has exited"));
+            }
+            Ok(())
         });
     }
 }

@@ -17,7 +17,6 @@ use covseg_stages::tune::{
 };
 
 use crate::journal::Journal;
-use crate::key::{COVSEG_VERSION, KeyParts};
 use crate::kind::{EngineContext, StageFailure, StageJob, StageKind};
 use crate::trial::{LocalLauncher, TrialCommand, TrialLauncher, TrialReport, TrialSpec};
 
@@ -169,7 +168,7 @@ pub fn run(
     let within_budget =
         || budget_ms == 0 || earlier_ms + started.elapsed().as_millis() as u64 <= budget_ms;
 
-    let parallel = parallel_trials(config, engine);
+    let parallel = parallel_trials(config, engine, kind);
     let threads = (engine.threads / parallel).max(1);
     job.progress.start(config.trials as u64, "trials");
     job.progress
@@ -346,12 +345,13 @@ pub fn run(
         &outputs.best_params,
         &outputs.plots,
     )?;
-    // Checkpoints of trials that will not go on are not needed once the table is written.
+    // Checkpoints of trials that will not go on are not needed once the table is written. A key
+    // another process holds (a search of its own that reached the same params) is left alone:
+    // waiting for it could hang this stage behind a long run.
     for row in &table.trials {
         if matches!(row.state, TrialState::Pruned | TrialState::Failed)
-            && let Ok(key) =
-                serde_json::from_value::<crate::digest::Digest>(Value::String(row.key.clone()))
-            && let Ok(_lock) = engine.store.lock_key(&key, || {})
+            && let Some(key) = crate::digest::Digest::from_hex(&row.key)
+            && let Ok(Some(_lock)) = engine.store.try_lock_key(&key)
         {
             engine.store.drop_work_dir(&key);
         }
@@ -407,10 +407,13 @@ fn replay(study: &mut Study, keys: &mut BTreeMap<usize, String>, events: &[Event
 }
 
 /// Trials at once: as asked, within the stage's CPU threads, and one per GPU for GPU training.
-fn parallel_trials(config: &TuneConfig, engine: &EngineContext<'_>) -> usize {
+fn parallel_trials(config: &TuneConfig, engine: &EngineContext<'_>, kind: &dyn StageKind) -> usize {
     let mut n = config.parallel.min(engine.threads.max(1));
-    let device = config.train["device"].as_str().unwrap_or("auto");
-    if matches!(device, "wgpu" | "cuda") {
+    // The class `auto` resolves to on this machine, so two trials never share one GPU.
+    if kind
+        .device_class(&config.train)
+        .is_some_and(|class| class != "cpu")
+    {
         n = n.min(engine.gpus.max(1) as usize);
     }
     if n < config.parallel {
@@ -429,22 +432,15 @@ fn trial_spec(
     trial: usize,
     params: Value,
 ) -> TrialSpec {
-    let spec = kind.spec();
-    let names: Vec<&str> = spec.inputs.iter().map(|i| i.name).collect();
-    let parts = KeyParts {
-        kind: spec.name.to_owned(),
-        kind_version: spec.version,
-        covseg_version: COVSEG_VERSION.to_owned(),
-        params,
-        seed: spec.uses_seed.then_some(job.seed),
-        inputs: engine
-            .parts
-            .inputs
-            .iter()
-            .filter(|(name, _)| names.contains(&name.as_str()))
-            .map(|(name, digest)| (name.clone(), *digest))
-            .collect(),
-    };
+    let names: Vec<&str> = kind.spec().inputs.iter().map(|i| i.name).collect();
+    let inputs = engine
+        .parts
+        .inputs
+        .iter()
+        .filter(|(name, _)| names.contains(&name.as_str()))
+        .map(|(name, digest)| (name.clone(), *digest))
+        .collect();
+    let parts = crate::kind::key_parts(kind, params, job.seed, inputs);
     TrialSpec {
         cache: absolute(engine.store.root()),
         stage: format!("{}/trial-{trial}", engine.stage),

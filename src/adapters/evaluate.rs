@@ -76,6 +76,10 @@ impl StageKind for Evaluate {
         &SPEC
     }
 
+    fn device_param(&self) -> Option<&'static str> {
+        Some("device")
+    }
+
     fn params(&self, raw: &toml::Table) -> Result<serde_json::Value, ParamError> {
         typed_params::<evaluate::EvaluateConfig>(raw, |c| c.validate().map_err(|e| e.to_string()))
     }

@@ -60,6 +60,10 @@ impl StageKind for Predict {
         &SPEC
     }
 
+    fn device_param(&self) -> Option<&'static str> {
+        Some("device")
+    }
+
     fn params(&self, raw: &toml::Table) -> Result<serde_json::Value, ParamError> {
         typed_params::<predict::PredictConfig>(raw, |c| c.validate().map_err(|e| e.to_string()))
     }

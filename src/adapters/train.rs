@@ -73,6 +73,10 @@ impl StageKind for Train {
         &SPEC
     }
 
+    fn device_param(&self) -> Option<&'static str> {
+        Some("device")
+    }
+
     fn params(&self, raw: &toml::Table) -> Result<serde_json::Value, ParamError> {
         typed_params::<training::TrainConfig>(raw, |c| c.validate().map_err(|e| e.to_string()))
     }

@@ -68,6 +68,10 @@ impl StageKind for Tune {
         &SPEC
     }
 
+    fn device_param(&self) -> Option<&'static str> {
+        Some("train.device")
+    }
+
     fn params(&self, raw: &toml::Table) -> Result<serde_json::Value, ParamError> {
         let mut value = typed_params::<covseg_stages::tune::TuneConfig>(raw, |c| {
             c.validate().map_err(|e| e.to_string())

@@ -172,10 +172,33 @@ fn extract_member(archive: &Path, member: &str, work: &Path) -> Result<PathBuf> 
     })?;
     let name = member.rsplit('/').next().unwrap_or(member);
     let target = work.join(name);
-    let mut bytes = Vec::with_capacity(entry.size() as usize);
-    entry
+    // The declared size is a claim of the archive's header: the buffer grows with what actually
+    // decompresses, up to what DEFLATE can expand this archive into.
+    let archive_len = std::fs::metadata(archive)
+        .map_err(|e| Error::io(archive, e))?
+        .len();
+    let limit = archive_len.saturating_mul(1100).saturating_add(1 << 20);
+    if entry.size() > limit {
+        return Err(Error::invalid_data(
+            archive,
+            format!(
+                "`{member}` declares {} bytes, more than an archive of {archive_len} bytes can \
+                 hold: a damaged wheel",
+                entry.size()
+            ),
+        ));
+    }
+    let mut bytes = Vec::new();
+    (&mut entry)
+        .take(limit + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| Error::invalid_data(archive, format!("reading `{member}`: {e}")))?;
+    if bytes.len() as u64 > limit {
+        return Err(Error::invalid_data(
+            archive,
+            format!("`{member}` expands past {limit} bytes: a damaged wheel"),
+        ));
+    }
     std::fs::write(&target, bytes).map_err(|e| Error::io(&target, e))?;
     Ok(target)
 }

@@ -227,7 +227,11 @@ fn a_small_unet_learns_the_phantom_lesions_on_cpu() {
     let labels: ndarray::Array3<u8> = npy::read(&dir.path().join("val_labels.npy")).unwrap();
     let p = bundle.predict(val.view(), 4).unwrap();
     assert_eq!(p.dim(), (val.dim().0, 2, SIZE, SIZE));
-    let pred = p.mapv(|v| f64::from(v) > bundle.thresholds.ggo);
+    // Each class at its own threshold (channel 0 GGO, channel 1 consolidation).
+    let thresholds = [bundle.thresholds.ggo, bundle.thresholds.consolidation];
+    let pred = ndarray::Array4::from_shape_fn(p.dim(), |(n, c, y, x)| {
+        f64::from(p[[n, c, y, x]]) > thresholds[c]
+    });
     let truth = covseg_stages::metrics::masks_from_labels(labels.view(), &training::TARGET_LABELS);
     let metrics = covseg_stages::metrics::evaluate(
         pred.view(),

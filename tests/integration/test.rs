@@ -161,11 +161,12 @@ impl Test {
             .as_str()
             .unwrap()
             .to_owned();
-        self.cache()
-            .join("objects")
-            .join(key)
-            .join("out")
-            .join(file)
+        let entry = self.cache().join("objects").join(key);
+        // `out`, or `out.<n>` for a result that replaced an earlier one (`--force`).
+        let record: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(entry.join("entry.json")).unwrap()).unwrap();
+        let out = record["out"].as_str().unwrap_or("out").to_owned();
+        entry.join(out).join(file)
     }
 }
 

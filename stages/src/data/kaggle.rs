@@ -2,13 +2,11 @@
 //! boolean masks (0 GGO, 1 consolidation, 2 other lung, 3 background). Read with validation, written
 //! in the same format by the phantom generator.
 
-use std::fs::File;
-use std::io::{BufReader, Read};
 use std::path::Path;
 
 use ndarray::{Array4, Axis};
-use ndarray_npy::ReadNpyExt;
 
+use super::npy::{self, Header};
 use crate::{Error, Result};
 
 /// Mask channels of the Kaggle files.
@@ -18,80 +16,6 @@ pub const OTHER_LUNG: usize = 2;
 pub const BACKGROUND: usize = 3;
 pub const MASK_CHANNELS: usize = 4;
 
-/// What a `.npy` header says, read without loading the array so errors can name the shape.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NpyHeader {
-    pub descr: String,
-    pub fortran_order: bool,
-    pub shape: Vec<usize>,
-}
-
-impl NpyHeader {
-    pub fn read(path: &Path) -> Result<Self> {
-        let mut file = BufReader::new(File::open(path).map_err(|e| Error::io(path, e))?);
-        let bad = |message: &str| Error::Npy {
-            path: path.to_owned(),
-            message: message.to_owned(),
-        };
-        let mut magic = [0u8; 8];
-        file.read_exact(&mut magic)
-            .map_err(|_| bad("not a .npy file (too short)"))?;
-        if &magic[..6] != b"\x93NUMPY" {
-            return Err(bad("not a .npy file (bad magic bytes)"));
-        }
-        let len = if magic[6] == 1 {
-            let mut b = [0u8; 2];
-            file.read_exact(&mut b)
-                .map_err(|_| bad("truncated header"))?;
-            usize::from(u16::from_le_bytes(b))
-        } else {
-            let mut b = [0u8; 4];
-            file.read_exact(&mut b)
-                .map_err(|_| bad("truncated header"))?;
-            u32::from_le_bytes(b) as usize
-        };
-        if len > 1 << 20 {
-            return Err(bad("header longer than 1 MiB"));
-        }
-        let mut text = vec![0u8; len];
-        file.read_exact(&mut text)
-            .map_err(|_| bad("truncated header"))?;
-        let text = String::from_utf8_lossy(&text);
-        let field = |name: &str| -> Option<&str> {
-            let start = text.find(&format!("'{name}'"))? + name.len() + 2;
-            let rest = text[start..].trim_start().strip_prefix(':')?.trim_start();
-            Some(rest)
-        };
-        let descr = field("descr")
-            .and_then(|r| r.strip_prefix('\''))
-            .and_then(|r| r.split('\'').next())
-            .ok_or_else(|| bad("header has no 'descr'"))?
-            .to_owned();
-        let fortran_order = field("fortran_order").is_some_and(|r| r.starts_with("True"));
-        let shape_text = field("shape")
-            .and_then(|r| r.strip_prefix('('))
-            .and_then(|r| r.split(')').next())
-            .ok_or_else(|| bad("header has no 'shape'"))?;
-        let shape = shape_text
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(|s| s.trim_end_matches('L').parse::<usize>())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| bad("header 'shape' is not a tuple of integers"))?;
-        Ok(Self {
-            descr,
-            fortran_order,
-            shape,
-        })
-    }
-
-    fn shape_text(&self) -> String {
-        let dims: Vec<String> = self.shape.iter().map(ToString::to_string).collect();
-        format!("({})", dims.join(","))
-    }
-}
-
 fn file_name(path: &Path) -> String {
     path.file_name().map_or_else(
         || path.display().to_string(),
@@ -99,9 +23,9 @@ fn file_name(path: &Path) -> String {
     )
 }
 
-/// Reads CT images `(N,H,W,1)` as float32 HU. float64 (the Kaggle files) and float32 are accepted.
-pub fn read_images(path: &Path) -> Result<Array4<f32>> {
-    let header = NpyHeader::read(path)?;
+/// The header of an image file, checked: `(N,H,W,1)` of float64 or float32.
+pub fn image_header(path: &Path) -> Result<Header> {
+    let header = Header::read(path)?;
     let shape = &header.shape;
     if shape.len() != 4 || shape[3] != 1 || shape[1] == 0 || shape[2] == 0 {
         return Err(Error::invalid_data(
@@ -112,26 +36,50 @@ pub fn read_images(path: &Path) -> Result<Array4<f32>> {
             ),
         ));
     }
-    let reader = || {
-        File::open(path)
-            .map(BufReader::new)
-            .map_err(|e| Error::io(path, e))
-    };
-    let npy_err = |e: ndarray_npy::ReadNpyError| Error::Npy {
-        path: path.to_owned(),
-        message: e.to_string(),
-    };
-    let images = match header.descr.as_str() {
-        "<f8" => Array4::<f64>::read_npy(reader()?)
-            .map_err(npy_err)?
-            .mapv(|v| v as f32),
-        "<f4" => Array4::<f32>::read_npy(reader()?).map_err(npy_err)?,
-        other => {
-            return Err(Error::invalid_data(
-                path,
-                format!("images have dtype '{other}', expected float64 ('<f8') or float32 ('<f4')"),
-            ));
-        }
+    if !matches!(header.descr.as_str(), "<f8" | "<f4") {
+        return Err(Error::invalid_data(
+            path,
+            format!(
+                "images have dtype '{}', expected float64 ('<f8') or float32 ('<f4')",
+                header.descr
+            ),
+        ));
+    }
+    Ok(header)
+}
+
+/// The header of a mask file, checked: `(N,H,W,4)` of bool or uint8.
+pub fn mask_header(path: &Path) -> Result<Header> {
+    let header = Header::read(path)?;
+    let shape = &header.shape;
+    if shape.len() != 4 || shape[3] != MASK_CHANNELS {
+        return Err(Error::invalid_data(
+            path,
+            format!(
+                "masks have shape {}, expected (slices, height, width, 4) with channels GGO, consolidation, other lung, background",
+                header.shape_text()
+            ),
+        ));
+    }
+    if !matches!(header.descr.as_str(), "|b1" | "|u1") {
+        return Err(Error::invalid_data(
+            path,
+            format!(
+                "masks have dtype '{}', expected bool ('|b1') or uint8 ('|u1')",
+                header.descr
+            ),
+        ));
+    }
+    Ok(header)
+}
+
+/// Reads CT images `(N,H,W,1)` as float32 HU. float64 (the Kaggle files) and float32 are accepted.
+pub fn read_images(path: &Path) -> Result<Array4<f32>> {
+    let header = image_header(path)?;
+    let images = if header.descr == "<f8" {
+        npy::read_checked::<f64, _>(path, &header)?.mapv(|v| v as f32)
+    } else {
+        npy::read_checked::<f32, _>(path, &header)?
     };
     if let Some((index, _)) = images
         .outer_iter()
@@ -148,49 +96,24 @@ pub fn read_images(path: &Path) -> Result<Array4<f32>> {
 
 /// Reads masks `(N,H,W,4)`; bool (the Kaggle files) and uint8 holding 0/1 are accepted.
 pub fn read_masks(path: &Path) -> Result<Array4<bool>> {
-    let header = NpyHeader::read(path)?;
-    let shape = &header.shape;
-    if shape.len() != 4 || shape[3] != MASK_CHANNELS {
+    let header = mask_header(path)?;
+    if header.descr == "|b1" {
+        return npy::read_checked(path, &header);
+    }
+    let raw: Array4<u8> = npy::read_checked(path, &header)?;
+    if let Some(v) = raw.iter().find(|&&v| v > 1) {
         return Err(Error::invalid_data(
             path,
-            format!(
-                "masks have shape {}, expected (slices, height, width, 4) with channels GGO, consolidation, other lung, background",
-                header.shape_text()
-            ),
+            format!("uint8 masks must hold 0 or 1, found {v}"),
         ));
     }
-    let reader = || {
-        File::open(path)
-            .map(BufReader::new)
-            .map_err(|e| Error::io(path, e))
-    };
-    let npy_err = |e: ndarray_npy::ReadNpyError| Error::Npy {
-        path: path.to_owned(),
-        message: e.to_string(),
-    };
-    match header.descr.as_str() {
-        "|b1" => Array4::<bool>::read_npy(reader()?).map_err(npy_err),
-        "|u1" => {
-            let raw = Array4::<u8>::read_npy(reader()?).map_err(npy_err)?;
-            if let Some(v) = raw.iter().find(|&&v| v > 1) {
-                return Err(Error::invalid_data(
-                    path,
-                    format!("uint8 masks must hold 0 or 1, found {v}"),
-                ));
-            }
-            Ok(raw.mapv(|v| v == 1))
-        }
-        other => Err(Error::invalid_data(
-            path,
-            format!("masks have dtype '{other}', expected bool ('|b1') or uint8 ('|u1')"),
-        )),
-    }
+    Ok(raw.mapv(|v| v == 1))
 }
 
 /// Checks that an image file and its mask file describe the same slices, before loading either.
 pub fn check_pair(images: &Path, masks: &Path) -> Result<()> {
-    let (i, m) = (NpyHeader::read(images)?, NpyHeader::read(masks)?);
-    if i.shape.len() == 4 && m.shape.len() == 4 {
+    let (i, m) = (image_header(images)?, mask_header(masks)?);
+    {
         if i.shape[0] != m.shape[0] {
             return Err(Error::invalid_data(
                 masks,
@@ -221,14 +144,9 @@ pub fn check_pair(images: &Path, masks: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Number of slices in a Kaggle array file, from its header.
+/// Number of slices in a Kaggle image file, from its (checked) header.
 pub fn slice_count(path: &Path) -> Result<usize> {
-    let header = NpyHeader::read(path)?;
-    header
-        .shape
-        .first()
-        .copied()
-        .ok_or_else(|| Error::invalid_data(path, "array has no slice axis (a scalar .npy)"))
+    Ok(image_header(path)?.shape[0])
 }
 
 /// Writes CT images `(N,H,W,1)` as float64 like the Kaggle files.
@@ -256,6 +174,7 @@ mod tests {
     use super::*;
     use ndarray::Array4;
     use ndarray_npy::WriteNpyExt;
+    use std::fs::File;
 
     #[test]
     fn round_trip_and_header() {
@@ -267,7 +186,7 @@ mod tests {
         let (ip, mp) = (dir.path().join("images.npy"), dir.path().join("masks.npy"));
         write_images(&ip, &images).unwrap();
         write_masks(&mp, &masks).unwrap();
-        assert_eq!(NpyHeader::read(&ip).unwrap().shape, vec![2, 8, 8, 1]);
+        assert_eq!(Header::read(&ip).unwrap().shape, vec![2, 8, 8, 1]);
         assert_eq!(read_images(&ip).unwrap(), images.mapv(|v| v as f32));
         assert_eq!(read_masks(&mp).unwrap(), masks);
         check_pair(&ip, &mp).unwrap();

@@ -345,7 +345,7 @@ pub fn assemble(
             medseg_masks,
             radiopedia,
         } => {
-            let native = kaggle::NpyHeader::read(medseg_images)?.shape[1];
+            let native = kaggle::image_header(medseg_images)?.shape[1];
             let size = config.size.unwrap_or(native);
             let mut prepared = BTreeMap::new();
             let mut files = vec![("medseg", medseg_images, medseg_masks)];

@@ -12,8 +12,7 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
 use crate::augmented::ShardIndex;
-use crate::data::kaggle::NpyHeader;
-use crate::data::npy;
+use crate::data::npy::{self, Header as NpyHeader};
 use crate::{Error, Result};
 
 /// Label values of the two predicted classes, in channel order (GGO, consolidation).
@@ -47,32 +46,9 @@ impl ShardArray {
                 ),
             ));
         }
-        let mut file = File::open(&path).map_err(|e| Error::io(&path, e))?;
-        let mut magic = [0u8; 8];
-        file.read_exact(&mut magic)
-            .map_err(|e| Error::io(&path, e))?;
-        // Version 1 stores the header length in 2 bytes, versions 2 and 3 in 4.
-        let offset = if magic[6] == 1 {
-            let mut len = [0u8; 2];
-            file.read_exact(&mut len).map_err(|e| Error::io(&path, e))?;
-            10 + u64::from(u16::from_le_bytes(len))
-        } else {
-            let mut len = [0u8; 4];
-            file.read_exact(&mut len).map_err(|e| Error::io(&path, e))?;
-            12 + u64::from(u32::from_le_bytes(len))
-        };
-        let element = if descr == "<f4" { 4 } else { 1 };
-        let item_bytes = shape[1..].iter().product::<usize>() * element;
-        let expected = offset + (item_bytes * shape[0]) as u64;
-        let actual = std::fs::metadata(&path)
-            .map_err(|e| Error::io(&path, e))?
-            .len();
-        if actual < expected {
-            return Err(Error::invalid_data(
-                &path,
-                format!("truncated: {actual} bytes, the header promises {expected}"),
-            ));
-        }
+        // The header was checked against the file's length.
+        let offset = header.data_offset;
+        let item_bytes = shape[1..].iter().product::<usize>() * header.element_bytes;
         Ok(Self {
             path,
             offset,

@@ -36,6 +36,29 @@ pub fn select(choice: DeviceChoice) -> Result<TrainDevice> {
     }
 }
 
+/// The class of device a choice resolves to on this machine: `cpu`, `cuda` or `wgpu`. Results and
+/// resumable checkpoints differ between classes (other kernels, other rounding), so the engine
+/// keys on it: `auto` on a GPU machine and `auto` on a CPU machine are different results. `auto`
+/// is probed once per process. A GPU named explicitly keys as that GPU whether or not it answers
+/// (the run itself then fails with a clear message).
+pub fn class(choice: DeviceChoice) -> &'static str {
+    static AUTO: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+    match choice {
+        DeviceChoice::Cpu => "cpu",
+        DeviceChoice::Cuda => "cuda",
+        DeviceChoice::Wgpu => "wgpu",
+        DeviceChoice::Auto => AUTO.get_or_init(|| {
+            if cuda().is_some() {
+                "cuda"
+            } else if wgpu().is_some() {
+                "wgpu"
+            } else {
+                "cpu"
+            }
+        }),
+    }
+}
+
 /// Rejects a GPU backend this build lacks, before anything runs (params validation).
 pub fn check_compiled(choice: DeviceChoice) -> Result<()> {
     match choice {
@@ -53,7 +76,7 @@ fn unavailable(backend: &str) -> Error {
     } else {
         format!(
             "this covseg was built without the `{backend}` backend; rebuild with \
-             `cargo build --release --features covseg-stages/{backend}`"
+             `cargo build --release --features {backend}`"
         )
     };
     Error::invalid_param(
@@ -124,13 +147,19 @@ mod tests {
     }
 
     #[test]
+    fn classes_of_explicit_choices_and_of_auto() {
+        assert_eq!(class(DeviceChoice::Cpu), "cpu");
+        assert_eq!(class(DeviceChoice::Cuda), "cuda");
+        assert_eq!(class(DeviceChoice::Wgpu), "wgpu");
+        let auto = class(DeviceChoice::Auto);
+        assert_eq!(auto == "cpu", !select(DeviceChoice::Auto).unwrap().gpu);
+    }
+
+    #[test]
     #[cfg(not(feature = "cuda"))]
     fn a_gpu_not_compiled_in_says_how_to_build_it() {
         let message = select(DeviceChoice::Cuda).unwrap_err().to_string();
         assert!(message.starts_with("params.device"), "{message}");
-        assert!(
-            message.contains("--features covseg-stages/cuda"),
-            "{message}"
-        );
+        assert!(message.contains("--features cuda"), "{message}");
     }
 }
