@@ -522,6 +522,57 @@ mod tests {
     }
 
     #[test]
+    fn the_pipeline_device_reaches_train_evaluate_predict_and_tune_trials() {
+        let text = r#"
+[pipeline]
+device = "cpu"
+
+[[stage]]
+name = "train"
+kind = "train"
+inputs = { shards = "s", val_images = "v", val_labels = "l", preprocessing = "p" }
+
+[[stage]]
+name = "own"
+kind = "train"
+inputs = { shards = "s", val_images = "v", val_labels = "l", preprocessing = "p" }
+params = { device = "auto" }
+
+[[stage]]
+name = "tune"
+kind = "tune"
+inputs = { shards = "s", val_images = "v", val_labels = "l", preprocessing = "p" }
+params = { space = { lr = { log_uniform = [1e-4, 1e-2] } } }
+
+[[stage]]
+name = "phantoms"
+kind = "synth"
+"#;
+        let registry = crate::adapters::registry();
+        let pipeline = Pipeline::parse(Path::new("p.toml"), text.to_owned(), &registry).unwrap();
+        let params = |name: &str| &pipeline.stage(name).unwrap().params;
+        assert_eq!(params("train")["device"], "cpu");
+        assert_eq!(params("own")["device"], "auto", "a stage's own value wins");
+        let own = pipeline.stage("own").unwrap();
+        let parts = crate::kind::key_parts(own.kind, own.params.clone(), 0, Default::default());
+        assert_eq!(
+            parts.device.as_deref(),
+            Some(covseg_stages::training::device_class(
+                covseg_stages::training::DeviceChoice::Auto
+            )),
+            "auto is keyed on what it resolves to here"
+        );
+        assert_eq!(params("tune")["train"]["device"], "cpu");
+        assert!(params("phantoms").get("device").is_none());
+        let stage = pipeline.stage("train").unwrap();
+        let parts = crate::kind::key_parts(stage.kind, stage.params.clone(), 0, Default::default());
+        assert_eq!(parts.device.as_deref(), Some("cpu"));
+        let synth = pipeline.stage("phantoms").unwrap();
+        let parts = crate::kind::key_parts(synth.kind, synth.params.clone(), 0, Default::default());
+        assert_eq!(parts.device, None, "kinds without a device keep their keys");
+    }
+
+    #[test]
     fn finds_keys_not_substrings() {
         assert_eq!(find_key("{ nlr = 1, lr = 2 }", "lr"), Some(11));
         assert_eq!(find_key("lr_max = 1\nlr = 2", "lr"), Some(11));

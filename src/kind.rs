@@ -40,6 +40,11 @@ pub struct KindSpec {
     /// Whether the pipeline's seed enters the key.
     pub uses_seed: bool,
     pub resources: Resources,
+    /// The digest of the kind's outputs on the fixed inputs of the golden test
+    /// (`tests/integration/golden.rs`), one entry per version, oldest first. The test fails when
+    /// the outputs change and when the last entry is not `version`: a change of results needs a
+    /// new version, or users' caches would hand out results of the old code.
+    pub golden: &'static [(u32, &'static str)],
 }
 
 impl KindSpec {

@@ -357,11 +357,8 @@ impl ArtifactStore {
         }
         atomic::sync_tree(&out)?;
         let target = self.object_dir(&staging.key);
-        let previous = match self.lookup(&staging.key) {
-            Ok(found) => found,
-            // An unreadable record is replaced like any other.
-            Err(_) => None,
-        };
+        // An unreadable record is replaced like any other.
+        let previous = self.lookup(&staging.key).unwrap_or_default();
         if target.exists() {
             // A rerun of an existing key: the new outputs go beside the old ones, then the record
             // switches to them in one rename. Readers of the old outputs keep them until no other

@@ -46,6 +46,11 @@ pub struct TrialReport {
     pub error: Option<String>,
     /// The failure is the params' or data's fault (exit code 2), not the machine's.
     pub input_error: bool,
+    /// When the segment ran, in Unix milliseconds.
+    #[serde(default)]
+    pub started_unix_ms: u64,
+    #[serde(default)]
+    pub ended_unix_ms: u64,
 }
 
 fn spec_error(path: &Path, message: String) -> Error {
@@ -73,9 +78,12 @@ pub fn run(spec_path: &Path, until: usize, threads: usize, report_path: &Path) -
         seconds: 0.0,
         error: None,
         input_error: false,
+        started_unix_ms: crate::store::now_unix_ms() as u64,
+        ended_unix_ms: 0,
     };
     let result = segment(&spec, until, threads, &mut report);
     report.seconds = started.elapsed().as_secs_f64();
+    report.ended_unix_ms = crate::store::now_unix_ms() as u64;
     if let Err(e) = &result {
         report.error = Some(e.to_string());
         report.input_error = e.exit_code() == 2;
@@ -289,10 +297,23 @@ fn run_child(
 fn die_with_parent(cmd: &mut std::process::Command) {
     use std::os::unix::process::CommandExt;
     let parent = std::process::id();
-    // SAFETY: the closure runs in the forked child before exec and only calls prctl and getppid,
-    // which are async-signal-safe and touch no memory of the parent.
+    // A test seam: widens the window between fork and prctl so that a test can kill covseg inside
+    // it (`tests/integration/tune.rs`). Unset, it costs nothing.
+    let delay_ms = std::env::var("COVSEG_TEST_TRIAL_FORK_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse::<i64>().ok())
+        .unwrap_or(0);
+    let delay = libc::timespec {
+        tv_sec: (delay_ms / 1000) as libc::time_t,
+        tv_nsec: ((delay_ms % 1000) * 1_000_000) as libc::c_long,
+    };
+    // SAFETY: the closure runs in the forked child before exec and only calls nanosleep, prctl and
+    // getppid, which are async-signal-safe and touch no memory of the parent.
     unsafe {
         cmd.pre_exec(move || {
+            if delay_ms > 0 {
+                libc::nanosleep(&delay, std::ptr::null_mut());
+            }
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
             }

@@ -45,6 +45,9 @@ enum Event {
         cached: bool,
         seconds: f64,
         at_ms: u64,
+        /// When the trial process ran the segment.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ran_ms: Option<[u64; 2]>,
     },
     Failed {
         trial: usize,
@@ -151,7 +154,8 @@ pub fn run(
     let (mut journal, events) =
         Journal::open::<Event>(&job.work_dir.join("journal.jsonl")).map_err(StageFailure::from)?;
     let mut keys: BTreeMap<usize, String> = BTreeMap::new();
-    let earlier_ms = replay(&mut study, &mut keys, &events);
+    let mut ran_ms: BTreeMap<usize, Vec<[u64; 2]>> = BTreeMap::new();
+    let earlier_ms = replay(&mut study, &mut keys, &mut ran_ms, &events);
     if !events.is_empty() {
         let done = study.trials().iter().filter(|t| t.segments > 0).count();
         info!(
@@ -228,6 +232,10 @@ pub fn run(
             .map_err(StageFailure::from)?;
             launcher.launch(command).map_err(StageFailure::from)?;
             running += 1;
+            info!(
+                "trial {}: segment to epoch {} started ({running} running)",
+                next.trial, next.until
+            );
         }
         let Some((command, result)) = launcher.wait() else {
             break;
@@ -263,6 +271,8 @@ pub fn run(
                         ""
                     }
                 );
+                let ran = [report.started_unix_ms, report.ended_unix_ms];
+                ran_ms.entry(n).or_default().push(ran);
                 journal
                     .append(&Event::Result {
                         trial: n,
@@ -272,6 +282,7 @@ pub fn run(
                         cached: report.cached,
                         seconds: report.seconds,
                         at_ms: now_ms(),
+                        ran_ms: Some(ran),
                     })
                     .map_err(StageFailure::from)?;
                 study.finished(n, report.scores, report.complete, report.seconds);
@@ -334,6 +345,7 @@ pub fn run(
                 segments: t.segments,
                 key: keys.get(&t.number).cloned().unwrap_or_default(),
                 error: t.failure.clone(),
+                ran_ms: ran_ms.get(&t.number).cloned().unwrap_or_default(),
             })
             .collect(),
     };
@@ -345,22 +357,40 @@ pub fn run(
         &outputs.best_params,
         &outputs.plots,
     )?;
-    // Checkpoints of trials that will not go on are not needed once the table is written. A key
-    // another process holds (a search of its own that reached the same params) is left alone:
-    // waiting for it could hang this stage behind a long run.
-    for row in &table.trials {
-        if matches!(row.state, TrialState::Pruned | TrialState::Failed)
-            && let Some(key) = crate::digest::Digest::from_hex(&row.key)
-            && let Ok(Some(_lock)) = engine.store.try_lock_key(&key)
-        {
-            engine.store.drop_work_dir(&key);
-        }
-    }
+    // Checkpoints of trials that will not go on are not needed once the table is written.
+    let stopped = table
+        .trials
+        .iter()
+        .filter(|row| matches!(row.state, TrialState::Pruned | TrialState::Failed))
+        .filter_map(|row| crate::digest::Digest::from_hex(&row.key));
+    drop_checkpoints(engine.store, stopped);
     Ok(())
 }
 
+/// Drops the work folders of these trial keys. A key another process holds (a search of its own
+/// that reached the same params) is left alone: waiting for it could hang this stage behind a
+/// long run. Returns how many were dropped.
+fn drop_checkpoints(
+    store: &crate::store::ArtifactStore,
+    keys: impl Iterator<Item = crate::digest::Digest>,
+) -> usize {
+    let mut dropped = 0;
+    for key in keys {
+        if let Ok(Some(_lock)) = store.try_lock_key(&key) {
+            store.drop_work_dir(&key);
+            dropped += 1;
+        }
+    }
+    dropped
+}
+
 /// Rebuilds the study from the journal; returns the wall time of the earlier runs (ms).
-fn replay(study: &mut Study, keys: &mut BTreeMap<usize, String>, events: &[Event]) -> u64 {
+fn replay(
+    study: &mut Study,
+    keys: &mut BTreeMap<usize, String>,
+    ran_ms: &mut BTreeMap<usize, Vec<[u64; 2]>>,
+    events: &[Event],
+) -> u64 {
     let mut earlier_ms = 0u64;
     let mut session: Option<(u64, u64)> = None;
     for event in events {
@@ -387,8 +417,14 @@ fn replay(study: &mut Study, keys: &mut BTreeMap<usize, String>, events: &[Event
                 scores,
                 complete,
                 seconds,
+                ran_ms: ran,
                 ..
-            } => study.finished(*trial, scores.clone(), *complete, *seconds),
+            } => {
+                if let Some(ran) = ran {
+                    ran_ms.entry(*trial).or_default().push(*ran);
+                }
+                study.finished(*trial, scores.clone(), *complete, *seconds);
+            }
             Event::Failed {
                 trial,
                 message,
@@ -473,7 +509,78 @@ fn write_spec(dir: &Path, trial: usize, spec: &TrialSpec) -> Result<(), StageFai
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::digest::Digest;
+    use crate::store::ArtifactStore;
     use serde_json::json;
+
+    #[test]
+    fn cleanup_skips_a_key_another_process_holds_instead_of_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::open(dir.path(), true).unwrap();
+        let (free, held) = (Digest::of_bytes(b"free"), Digest::of_bytes(b"held"));
+        for key in [free, held] {
+            let lock = store.lock_key(&key, || {}).unwrap();
+            store.work_dir(&key, &lock).unwrap();
+        }
+        // Another holder (its own open file, as another process would have).
+        let _other = store.lock_key(&held, || {}).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let root = dir.path().to_owned();
+        std::thread::spawn(move || {
+            let store = ArtifactStore::open(&root, false).unwrap();
+            let _ = tx.send(drop_checkpoints(&store, [free, held].into_iter()));
+        });
+        let dropped = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the cleanup waited for a held key");
+        assert_eq!(dropped, 1);
+        assert!(!dir.path().join("work").join(free.hex()).exists());
+        assert!(dir.path().join("work").join(held.hex()).exists());
+    }
+
+    /// A kind whose `auto` device resolves to a GPU, as train's does on a GPU machine.
+    struct GpuTrain;
+
+    impl StageKind for GpuTrain {
+        fn spec(&self) -> &crate::kind::KindSpec {
+            crate::adapters::Train.spec()
+        }
+        fn params(&self, raw: &toml::Table) -> Result<Value, crate::kind::ParamError> {
+            crate::adapters::Train.params(raw)
+        }
+        fn run(&self, _job: &StageJob<'_>) -> Result<(), StageFailure> {
+            Ok(())
+        }
+        fn device_class(&self, params: &Value) -> Option<&'static str> {
+            match params["device"].as_str() {
+                Some("cpu") => Some("cpu"),
+                _ => Some("wgpu"),
+            }
+        }
+    }
+
+    #[test]
+    fn parallel_trials_on_an_auto_gpu_get_one_gpu_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::open(dir.path(), true).unwrap();
+        let parts = crate::kind::key_parts(&GpuTrain, json!({}), 0, Default::default());
+        let engine = EngineContext {
+            store: &store,
+            parts: &parts,
+            stage: "tune",
+            pipeline: "p".into(),
+            threads: 8,
+            gpus: 1,
+        };
+        let config = |device: &str| TuneConfig {
+            parallel: 4,
+            train: json!({ "device": device }),
+            ..TuneConfig::default()
+        };
+        assert_eq!(parallel_trials(&config("auto"), &engine, &GpuTrain), 1);
+        assert_eq!(parallel_trials(&config("wgpu"), &engine, &GpuTrain), 1);
+        assert_eq!(parallel_trials(&config("cpu"), &engine, &GpuTrain), 4);
+    }
 
     /// A trial's key must not move by a last bit between the run that proposes it and a resumed
     /// run that reads its params back from the journal.

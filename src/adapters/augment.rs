@@ -52,6 +52,7 @@ impl StageKind for AugmentCache {
             outputs: &[AUG_SHARDS, AUG_PREVIEW],
             uses_seed: true,
             resources: ALL_CPUS,
+            golden: &[(1, "00e446ec23ab8bcf")],
         };
         &SPEC
     }

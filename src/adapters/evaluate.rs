@@ -72,6 +72,7 @@ impl StageKind for Evaluate {
             ],
             uses_seed: false,
             resources: ALL_CPUS,
+            golden: &[(2, "1848fd64f41ae421")],
         };
         &SPEC
     }

@@ -56,6 +56,7 @@ impl StageKind for Predict {
             outputs: &[PREDICT_OUT, PREDICT_OVERLAYS, PREDICT_TIMING],
             uses_seed: false,
             resources: ALL_CPUS,
+            golden: &[(1, "ed833657ba0bdf17")],
         };
         &SPEC
     }

@@ -29,6 +29,7 @@ impl StageKind for Pretrained {
             outputs: &[PRETRAINED_WEIGHTS],
             uses_seed: false,
             resources: Resources { gpu: 0, cpu: 1 },
+            golden: &[(1, "00e768904bd3d7e2")],
         };
         &SPEC
     }

@@ -83,6 +83,7 @@ impl StageKind for Split {
             ],
             uses_seed: true,
             resources: ALL_CPUS,
+            golden: &[(2, "5cde47569dc9145a")],
         };
         &SPEC
     }

@@ -41,6 +41,7 @@ impl StageKind for Stats {
             outputs: &[STATS_REPORT],
             uses_seed: false,
             resources: ALL_CPUS,
+            golden: &[(1, "9064a62f670e457c")],
         };
         &SPEC
     }

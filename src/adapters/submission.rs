@@ -35,6 +35,7 @@ impl StageKind for PackageSubmission {
             outputs: &[SUBMISSION_OUT, SUBMISSION_SUMMARY],
             uses_seed: false,
             resources: Resources { gpu: 0, cpu: 1 },
+            golden: &[(1, "a674b797459feeba")],
         };
         &SPEC
     }

@@ -30,6 +30,7 @@ impl StageKind for Synth {
             outputs: &[SYNTH_IMAGES, SYNTH_MASKS],
             uses_seed: true,
             resources: ALL_CPUS,
+            golden: &[(1, "5411a385eaeeedca")],
         };
         &SPEC
     }

@@ -64,6 +64,7 @@ impl StageKind for Tune {
             outputs: &[TUNE_CSV, TUNE_JSON, TUNE_BEST, TUNE_PLOTS],
             uses_seed: true,
             resources: ALL_CPUS,
+            golden: &[(1, "20b4d9f111851f90")],
         };
         &SPEC
     }

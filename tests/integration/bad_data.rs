@@ -77,7 +77,7 @@ fn npy_bomb(path: &std::path::Path, descr: &str, channels: usize) {
     let mut dict = format!(
         "{{'descr': '{descr}', 'fortran_order': False, 'shape': (100000, 512, 512, {channels}), }}"
     );
-    while (10 + dict.len() + 1) % 64 != 0 {
+    while !(10 + dict.len() + 1).is_multiple_of(64) {
         dict.push(' ');
     }
     dict.push('\n');
@@ -154,7 +154,7 @@ fn a_png_declaring_more_pixels_than_its_file_holds_is_refused() {
 }
 
 /// A grey 8-bit PNG with the given header size and raw (filtered) scanlines, stored uncompressed.
-fn grey_png(width: u32, height: u32, raw: &[u8]) -> Vec<u8> {
+pub fn grey_png(width: u32, height: u32, raw: &[u8]) -> Vec<u8> {
     fn chunk(out: &mut Vec<u8>, kind: &[u8], data: &[u8]) {
         out.extend_from_slice(&(data.len() as u32).to_be_bytes());
         let start = out.len();
@@ -185,7 +185,7 @@ fn grey_png(width: u32, height: u32, raw: &[u8]) -> Vec<u8> {
     out
 }
 
-fn crc32(bytes: &[u8]) -> u32 {
+pub fn crc32(bytes: &[u8]) -> u32 {
     let mut crc = 0xFFFF_FFFFu32;
     for &b in bytes {
         crc ^= u32::from(b);

@@ -109,3 +109,58 @@ fn cache_commands_on_a_missing_cache_explain_themselves() {
         out.stderr
     );
 }
+
+/// The output folders of an entry folder (`out`, `out.<n>`), sorted.
+fn output_folders(entry: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(entry)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n == "out" || n.starts_with("out."))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn force_publishes_beside_a_result_another_process_may_be_reading() {
+    let mut t = Test::new().pipeline(&pipeline("folds = 2")).args(["run"]);
+    t.run();
+    let old = t.output("phantoms", "images.npy");
+    let old_bytes = std::fs::read(&old).unwrap();
+    let entry = old.parent().unwrap().parent().unwrap().to_owned();
+
+    // Another covseg process is running: it holds the cache's gc lock shared, as every run does.
+    let reader = std::fs::File::open(t.cache().join("gc.lock")).unwrap();
+    reader.lock_shared().unwrap();
+    t.then(["run", "--stage", "phantoms", "--force"]).go();
+    assert_eq!(
+        std::fs::read(&old).unwrap(),
+        old_bytes,
+        "the result being read is still there, whole"
+    );
+    let new = t.output("phantoms", "images.npy");
+    assert_ne!(new, old, "the new result is published beside it");
+    assert!(new.starts_with(&entry), "under the same key");
+    assert_eq!(output_folders(&entry).len(), 2);
+    t.then(["cache", "verify"]).go();
+    drop(reader);
+
+    // With nobody else in the cache, gc removes the replaced result.
+    let gc = t.then(["cache", "gc", "--keep-last", "10"]).go();
+    assert!(gc.stdout.contains("removed 0 entries"), "{}", gc.stdout);
+    assert_eq!(output_folders(&entry).len(), 1);
+    assert!(!old.exists());
+    assert_eq!(
+        std::fs::read(&new).unwrap(),
+        old_bytes,
+        "same seed, same bytes"
+    );
+
+    // A forced rerun alone in the cache removes what it replaced when it ends.
+    t.then(["run", "--stage", "phantoms", "--force"]).go();
+    assert_eq!(output_folders(&entry).len(), 1);
+    assert!(!new.exists());
+    assert!(t.output("phantoms", "images.npy").is_file());
+    t.then(["cache", "verify"]).go();
+}

@@ -38,6 +38,7 @@ impl StageKind for EmitParams {
             outputs: &[BEST],
             uses_seed: false,
             resources: Resources { gpu: 0, cpu: 1 },
+            golden: &[],
         };
         &SPEC
     }
@@ -80,6 +81,7 @@ impl StageKind for EchoParams {
             outputs: &[USED],
             uses_seed: false,
             resources: Resources { gpu: 0, cpu: 1 },
+            golden: &[],
         };
         &SPEC
     }

@@ -90,14 +90,30 @@ fn an_external_input_change_reruns_but_a_touch_does_not() {
     t.run();
     t.then(["run"]).go();
     assert_eq!(t.last_outcomes(), outcomes(&[("split", "ran")]));
+    let hashing = |t: &Test| {
+        let runs = t.runs();
+        let h = &runs.last().unwrap()["hashing"];
+        (h["files_hashed"].as_u64(), h["memo_hits"].as_u64())
+    };
+    assert_eq!(hashing(&t), (Some(2), Some(0)), "both inputs read once");
 
-    // Same bytes, new mtime: the memo re-hashes once and finds the same digest.
+    // Nothing changed: both digests come from the memo, nothing is read.
+    t.then(["run"]).go();
+    assert_eq!(t.last_outcomes(), outcomes(&[("split", "hit")]));
+    assert_eq!(hashing(&t), (Some(0), Some(2)), "the memo answered");
+
+    // Same bytes, new mtime: the memo re-hashes that file once and finds the same digest.
     let images = t.path().join("data/images_medseg.npy");
     let bytes = std::fs::read(&images).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(20));
     std::fs::write(&images, &bytes).unwrap();
     t.then(["run"]).go();
     assert_eq!(t.last_outcomes(), outcomes(&[("split", "hit")]));
+    assert_eq!(
+        hashing(&t),
+        (Some(1), Some(1)),
+        "only the touched file was read"
+    );
 
     t.then([
         "synth", "--out", "data", "--slices", "5", "--size", "64", "--seed", "2",
@@ -269,5 +285,50 @@ fn split_of_the_shared_image_folder() {
         missing.stderr.contains("needs params.size"),
         "{}",
         missing.stderr
+    );
+}
+
+/// A dataset folder whose `images/` is a symbolic link: its files are part of the input digest, so
+/// changing one reruns the split.
+#[test]
+fn a_linked_images_folder_is_part_of_the_input_digest() {
+    let toml = "[[stage]]\nname = \"split\"\nkind = \"split\"\ninputs = { folder = \"ds\" }\nparams = { size = 64, folds = 2 }\n";
+    let mut t = Test::new().pipeline(toml).args([
+        "synth", "--out", "raw", "--slices", "4", "--size", "64", "--seed", "1",
+    ]);
+    t.run();
+    // Write the phantoms as a PNG folder elsewhere, then link it in as ds/images.
+    let images =
+        covseg_stages::data::kaggle::read_images(&t.path().join("raw/images_medseg.npy")).unwrap();
+    let real = t.path().join("elsewhere/images");
+    let masks = t.path().join("ds/masks");
+    std::fs::create_dir_all(&real).unwrap();
+    std::fs::create_dir_all(&masks).unwrap();
+    fn write(dir: &std::path::Path, id: usize, value: impl Fn(usize, usize) -> u8) {
+        let mut raw = Vec::new();
+        for y in 0..64 {
+            raw.push(0u8);
+            raw.extend((0..64).map(|x| value(y, x)));
+        }
+        let png = crate::bad_data::grey_png(64, 64, &raw);
+        std::fs::write(dir.join(format!("{id}.png")), png).unwrap();
+    }
+    for id in 0..4 {
+        write(&real, id, |y, x| {
+            (images[[id, y, x, 0]].clamp(-1000.0, 255.0) as i32).rem_euclid(256) as u8
+        });
+        write(&masks, id, |y, x| u8::from((y / 16 + x / 16) % 3 == 0));
+    }
+    std::os::unix::fs::symlink(&real, t.path().join("ds/images")).unwrap();
+    t.then(["run"]).go();
+    assert_eq!(t.last_outcomes(), outcomes(&[("split", "ran")]));
+    t.then(["run"]).go();
+    assert_eq!(t.last_outcomes(), outcomes(&[("split", "hit")]));
+    write(&real, 2, |_, x| x as u8);
+    t.then(["run"]).go();
+    assert_eq!(
+        t.last_outcomes(),
+        outcomes(&[("split", "ran")]),
+        "a changed file behind the link reruns the split"
     );
 }

@@ -101,7 +101,7 @@ fn imagenet_weights_flow_from_a_pretrained_stage_into_training() {
         )
         .replace(
             "model = { encoder = \"plain\", encoder_depth = 3, decoder_channels = [32, 16, 8] }",
-            "encoder_weights = \"imagenet\", epochs = 1, model = { encoder = \"efficientnet-lite0\", encoder_depth = 3 }",
+            "encoder_weights = \"imagenet\", epochs = 1, lr = 1e-9, min_lr = 0.0, model = { encoder = \"efficientnet-lite0\", encoder_depth = 3 }",
         )
         .replace("epochs = 2, ", "")
         + &format!(
@@ -120,6 +120,44 @@ fn imagenet_weights_flow_from_a_pretrained_stage_into_training() {
             .unwrap();
     assert_eq!(config["encoder_weights"], "imagenet");
     assert_eq!(config["model"]["encoder"], "efficientnet-lite0");
+
+    // The encoder started from the file: with lr 1e-9 one epoch moves no weight by more than
+    // 1e-6, so the trained convolutions are the checkpoint's (a random start differs by ~0.1).
+    let file = crate::test::safetensors(&weights);
+    let bundle = crate::test::safetensors(&t.output("train", "bundle/weights.safetensors"));
+    let close = |a: &[f32], b: &[f32]| {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-5)
+    };
+    let find = |shape: &[usize], values: &[f32]| {
+        bundle
+            .iter()
+            .filter(|(_, (s, v))| s == shape && close(v, values))
+            .map(|(name, _)| name.clone())
+            .collect::<Vec<_>>()
+    };
+    // The grey stem is the sum of the RGB kernels.
+    let (shape, rgb) = &file["_conv_stem.weight"];
+    let mut grey = vec![0f32; shape[0] * 9];
+    for o in 0..shape[0] {
+        for c in 0..3 {
+            for k in 0..9 {
+                grey[o * 9 + k] += rgb[(o * 3 + c) * 9 + k];
+            }
+        }
+    }
+    assert_eq!(
+        find(&[shape[0], 1, 3, 3], &grey).len(),
+        1,
+        "the bundle's stem is the checkpoint's, summed over RGB"
+    );
+    for name in [
+        "_blocks.1._expand_conv.weight",
+        "_blocks.1._project_conv.weight",
+        "_blocks.2._depthwise_conv.weight",
+    ] {
+        let (shape, values) = &file[name];
+        assert_eq!(find(shape, values).len(), 1, "{name} in the trained bundle");
+    }
 }
 
 #[test]
@@ -129,4 +167,34 @@ fn imagenet_weights_without_a_weights_input_are_refused_before_running() {
     let done = t.run();
     assert!(!t.cache().exists(), "nothing may run");
     insta::assert_snapshot!(done.stderr);
+}
+
+#[test]
+#[cfg_attr(
+    feature = "cuda",
+    ignore = "this build has the cuda backend: a cuda device is not missing from it"
+)]
+fn the_pipeline_device_is_the_default_of_every_stage_with_a_device() {
+    let with_pipeline_device =
+        |device: &str| PIPELINE.replace("seed = 3", &format!("seed = 3\ndevice = \"{device}\""));
+    // No device of its own: the train stage takes the pipeline's, which this build lacks.
+    let pipeline = with_pipeline_device("cuda").replace(", device = \"cpu\"", "");
+    let mut t = Test::new().pipeline(&pipeline).args(["plan"]).status(2);
+    let done = t.run();
+    assert!(
+        done.stderr.contains("stage `train`: params.device"),
+        "{}",
+        done.stderr
+    );
+    // The stage's own device wins.
+    let mut t = Test::new()
+        .pipeline(&with_pipeline_device("cuda"))
+        .args(["plan"]);
+    t.run();
+    // And the pipeline's device is what the stage's key holds.
+    let pipeline = with_pipeline_device("cpu").replace(", device = \"cpu\"", "");
+    let mut t = Test::new().pipeline(&pipeline).args(["explain", "train"]);
+    let done = t.run();
+    assert!(done.stdout.contains("device"), "{}", done.stdout);
+    assert!(done.stdout.contains("\"cpu\""), "{}", done.stdout);
 }

@@ -342,6 +342,22 @@ fn parallel_trials_run_side_by_side() {
     let table = trials(&t);
     let rows = table["trials"].as_array().unwrap();
     assert_eq!(rows.len(), 4);
+    // Segments of different trials overlapped in time, as the trial processes measured them.
+    let spans: Vec<(u64, u64, u64)> = rows
+        .iter()
+        .flat_map(|r| {
+            let trial = r["trial"].as_u64().unwrap();
+            r["ran_ms"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(move |s| (trial, s[0].as_u64().unwrap(), s[1].as_u64().unwrap()))
+        })
+        .collect();
+    let overlapping = spans
+        .iter()
+        .any(|a| spans.iter().any(|b| a.0 != b.0 && a.1 < b.2 && b.1 < a.2));
+    assert!(overlapping, "no two trials ran at the same time: {spans:?}");
     assert!(
         rows.iter()
             .all(|r| r["state"] == "completed" || r["state"] == "pruned"),
@@ -350,4 +366,57 @@ fn parallel_trials_run_side_by_side() {
     let best = &rows[table["best_trial"].as_u64().unwrap() as usize];
     assert_eq!(key_of(&t, "train"), best["key"].as_str().unwrap());
     assert_eq!(outcome(&t, "train"), "hit");
+}
+
+/// The command lines of the processes working in folder `dir`.
+fn processes_in(dir: &std::path::Path) -> Vec<String> {
+    let dir = dir.canonicalize().unwrap();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter(|e| std::fs::read_link(e.path().join("cwd")).is_ok_and(|cwd| cwd == dir))
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .collect()
+}
+
+/// covseg is killed after forking a trial but before the trial set its parent-death signal: the
+/// trial must notice that its parent is gone and not start (it would run on, holding its key's
+/// lock, with nobody to read its report).
+#[test]
+fn a_trial_whose_parent_died_before_it_started_does_not_run() {
+    let mut t = Test::new()
+        .pipeline(&pipeline())
+        .args(["run", "--stage", "augment"]);
+    t.run();
+    let mut child = t
+        .command(&["run".into(), "--stage".into(), "tune".into()])
+        .env("COVSEG_TEST_TRIAL_FORK_DELAY_MS", "1500")
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !journal(&t).iter().any(|e| e["event"] == "start") {
+        assert!(Instant::now() < deadline, "tune never started a trial");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // Inside the child's delay: forked, its death signal not set yet.
+    std::thread::sleep(Duration::from_millis(500));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Until well after the delay ends, no `covseg trial` may come to life.
+    let until = Instant::now() + Duration::from_millis(3000);
+    while Instant::now() < until {
+        let left: Vec<String> = processes_in(t.path())
+            .into_iter()
+            .filter(|c| c.contains(" trial "))
+            .collect();
+        assert!(left.is_empty(), "an orphaned trial process runs: {left:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

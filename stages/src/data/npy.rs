@@ -228,7 +228,7 @@ mod tests {
     fn bomb(dir: &Path) -> std::path::PathBuf {
         let mut dict =
             "{'descr': '<f8', 'fortran_order': False, 'shape': (100000, 512, 512, 1), }".to_owned();
-        while (10 + dict.len() + 1) % 64 != 0 {
+        while !(10 + dict.len() + 1).is_multiple_of(64) {
             dict.push(' ');
         }
         dict.push('\n');

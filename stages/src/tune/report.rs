@@ -32,6 +32,10 @@ pub struct TrialRow {
     /// The cache key of its training run.
     pub key: String,
     pub error: Option<String>,
+    /// When each of its segments ran: `[start, end]` in Unix milliseconds, as the trial process
+    /// measured them (segments of different trials overlap when trials run in parallel).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ran_ms: Vec<[u64; 2]>,
 }
 
 /// `trials.json`.
@@ -192,6 +196,7 @@ mod tests {
             segments: 1,
             key: "abc".into(),
             error: None,
+            ran_ms: Vec::new(),
         };
         let table = TrialsTable {
             rungs: vec![1, 3],
