@@ -12,7 +12,7 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 work=${1:-$(mktemp -d /tmp/covseg-scale.XXXXXX)}
 mkdir -p "$work"
-covseg="$repo/target/release/covseg"
+covseg="${CARGO_TARGET_DIR:-$repo/target}/release/covseg"
 [ -x "$covseg" ] || (cd "$repo" && cargo build --release --quiet)
 command -v hyperfine >/dev/null || { echo "bench/scale.sh needs hyperfine" >&2; exit 2; }
 sizes=${SIZES:-"500 2000 5000 10000 100000"}

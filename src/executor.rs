@@ -68,122 +68,62 @@ pub fn run(
     let gc_guard = store.lock_shared()?;
     let started = Instant::now();
     let started_unix_ms = store::now_unix_ms();
-    let count = pipeline.stages.len();
-    let mut is_forced = vec![false; count];
-    for &i in &forced {
-        is_forced[i] = true;
-    }
-    // Position of each stage of this run in graph order; the ready set is kept in that order so
-    // stages start the way the file lists them.
-    let mut position = vec![usize::MAX; count];
-    for (p, &i) in stages.iter().enumerate() {
-        position[i] = p;
-    }
-    let mut status: Vec<Status> = (0..count).map(|_| Status::Pending).collect();
-    // Upstream stages not done yet; every upstream stage of a selected stage is in the run.
-    let mut waiting: Vec<usize> = vec![0; count];
-    let mut ready: BTreeSet<usize> = BTreeSet::new();
-    for &i in &stages {
-        waiting[i] = dag.upstream(i).len();
-        if waiting[i] == 0 {
-            ready.insert(position[i]);
-        }
-    }
-    let mut runs: BTreeMap<usize, StageRun> = BTreeMap::new();
+    let mut state = Schedule::new(pipeline, dag, &stages, &forced);
     let mut any_input_error = false;
     let (mut used_cpu, mut used_gpu, mut running) = (0u32, 0u32, 0usize);
     let (tx, rx) = mpsc::channel::<Finished>();
 
     std::thread::scope(|scope| {
         loop {
-            let mut started_now = Vec::new();
-            for &p in &ready {
-                if running >= options.jobs.max(1) {
-                    break;
-                }
-                let i = stages[p];
-                let stage = &pipeline.stages[i];
-                let need = stage.resources;
-                let fits = used_gpu + need.gpu <= pipeline.limits.gpu
-                    && (running == 0 || used_cpu + need.cpu <= pipeline.limits.cpu);
-                if !fits {
+            // Stages that became ready: a cached one is found here, without a thread or a
+            // resource slot, so a no-op run of many stages costs one lookup per stage.
+            while let Some(i) = state.newly_ready.pop() {
+                if state.is_forced[i] {
+                    state.queue(i);
                     continue;
                 }
-                let entries: BTreeMap<String, Entry> = dag
-                    .upstream(i)
-                    .into_iter()
-                    .filter_map(|u| match &status[u] {
-                        Status::Done(e) => Some((pipeline.stages[u].name.clone(), (**e).clone())),
-                        _ => None,
-                    })
-                    .collect();
-                status[i] = Status::Running;
-                started_now.push(p);
+                match try_cached(pipeline, i, &state.upstream_entries(i), store, memo) {
+                    Lookup::Done(done) => {
+                        any_input_error |= done.input_error;
+                        state.finish(*done);
+                    }
+                    Lookup::Missing(resolved) => {
+                        state.resolved.insert(i, *resolved);
+                        state.queue(i);
+                    }
+                }
+            }
+            while running < options.jobs.max(1) {
+                let next = state.next_fitting(|need| {
+                    used_gpu + need.gpu <= pipeline.limits.gpu
+                        && (running == 0 || used_cpu + need.cpu <= pipeline.limits.cpu)
+                });
+                let Some(i) = next else { break };
+                let need = pipeline.stages[i].resources;
+                let entries = state.upstream_entries(i);
+                state.status[i] = Status::Running;
                 (used_cpu, used_gpu, running) =
                     (used_cpu + need.cpu, used_gpu + need.gpu, running + 1);
                 let tx = tx.clone();
-                let force = is_forced[i];
+                let force = state.is_forced[i];
+                let resolved = state.resolved.remove(&i);
                 scope.spawn(move || {
-                    let finished = run_stage(pipeline, i, &entries, store, memo, force, ui);
+                    let finished =
+                        run_stage(pipeline, i, &entries, resolved, store, memo, force, ui);
                     let _ = tx.send(finished);
                 });
-            }
-            for p in started_now {
-                ready.remove(&p);
             }
             if running == 0 {
                 break;
             }
             let Ok(done) = rx.recv() else { break };
-            let i = done.stage;
-            let need = pipeline.stages[i].resources;
+            let need = pipeline.stages[done.stage].resources;
             (used_cpu, used_gpu, running) = (used_cpu - need.cpu, used_gpu - need.gpu, running - 1);
             any_input_error |= done.input_error;
-            runs.insert(i, done.run);
-            match done.entry {
-                Some(entry) => {
-                    status[i] = Status::Done(Box::new(entry));
-                    for d in dag.downstream(i) {
-                        if position[d] == usize::MAX {
-                            continue;
-                        }
-                        waiting[d] -= 1;
-                        if waiting[d] == 0 && matches!(status[d], Status::Pending) {
-                            ready.insert(position[d]);
-                        }
-                    }
-                }
-                None => {
-                    status[i] = Status::Failed;
-                    // Stages behind a failure cannot run.
-                    let mut behind = dag.downstream(i);
-                    while let Some(d) = behind.pop() {
-                        if position[d] == usize::MAX || !matches!(status[d], Status::Pending) {
-                            continue;
-                        }
-                        status[d] = Status::Blocked;
-                        ready.remove(&position[d]);
-                        let stage = &pipeline.stages[d];
-                        warn!(stage = %stage.name, "blocked: an upstream stage failed");
-                        runs.insert(
-                            d,
-                            StageRun {
-                                name: stage.name.clone(),
-                                kind: stage.kind.spec().name.into(),
-                                outcome: StageOutcome::Blocked,
-                                key: None,
-                                parts: None,
-                                sources: Default::default(),
-                                seconds: 0.0,
-                                error: None,
-                            },
-                        );
-                        behind.extend(dag.downstream(d));
-                    }
-                }
-            }
+            state.finish(done);
         }
     });
+    let mut runs = state.runs;
 
     memo.save()?;
     let record = RunRecord {
@@ -220,10 +160,220 @@ pub fn run(
     })
 }
 
+/// Where each stage of a run stands, and which are ready, in graph order within each class of
+/// resource needs (so the next stage that fits is found without scanning those that do not).
+struct Schedule<'a> {
+    pipeline: &'a Pipeline,
+    dag: &'a Dag,
+    /// Position of each stage of this run in graph order; `usize::MAX` for stages not in it.
+    position: Vec<usize>,
+    order: &'a [usize],
+    is_forced: Vec<bool>,
+    status: Vec<Status>,
+    /// Upstream stages not done yet; every upstream stage of a selected stage is in the run.
+    waiting: Vec<usize>,
+    /// Stages whose upstream is done, not yet looked at.
+    newly_ready: Vec<usize>,
+    /// Stages to launch: (cpu, gpu) need → positions.
+    ready: BTreeMap<(u32, u32), BTreeSet<usize>>,
+    /// Keys of queued stages, made when they were looked up.
+    resolved: BTreeMap<usize, Resolved>,
+    runs: BTreeMap<usize, StageRun>,
+}
+
+impl<'a> Schedule<'a> {
+    fn new(pipeline: &'a Pipeline, dag: &'a Dag, order: &'a [usize], forced: &[usize]) -> Self {
+        let count = pipeline.stages.len();
+        let mut position = vec![usize::MAX; count];
+        for (p, &i) in order.iter().enumerate() {
+            position[i] = p;
+        }
+        let mut is_forced = vec![false; count];
+        for &i in forced {
+            is_forced[i] = true;
+        }
+        let mut waiting = vec![0; count];
+        let mut newly_ready = Vec::new();
+        for &i in order {
+            waiting[i] = dag.upstream(i).len();
+            if waiting[i] == 0 {
+                newly_ready.push(i);
+            }
+        }
+        // Popped from the back: first in graph order first.
+        newly_ready.reverse();
+        Self {
+            pipeline,
+            dag,
+            position,
+            order,
+            is_forced,
+            status: (0..count).map(|_| Status::Pending).collect(),
+            waiting,
+            newly_ready,
+            ready: BTreeMap::new(),
+            resolved: BTreeMap::new(),
+            runs: BTreeMap::new(),
+        }
+    }
+
+    fn upstream_entries(&self, i: usize) -> BTreeMap<String, Entry> {
+        self.dag
+            .upstream(i)
+            .into_iter()
+            .filter_map(|u| match &self.status[u] {
+                Status::Done(e) => Some((self.pipeline.stages[u].name.clone(), (**e).clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn queue(&mut self, i: usize) {
+        let need = self.pipeline.stages[i].resources;
+        self.ready
+            .entry((need.cpu, need.gpu))
+            .or_default()
+            .insert(self.position[i]);
+    }
+
+    /// The first stage in graph order whose needs `fits` accepts, taken off the ready set.
+    fn next_fitting(&mut self, fits: impl Fn(crate::kind::Resources) -> bool) -> Option<usize> {
+        let (class, p) = self
+            .ready
+            .iter()
+            .filter(|((cpu, gpu), _)| {
+                fits(crate::kind::Resources {
+                    cpu: *cpu,
+                    gpu: *gpu,
+                })
+            })
+            .filter_map(|(class, set)| set.first().map(|p| (*class, *p)))
+            .min_by_key(|(_, p)| *p)?;
+        let set = self.ready.get_mut(&class)?;
+        set.remove(&p);
+        if set.is_empty() {
+            self.ready.remove(&class);
+        }
+        Some(self.order[p])
+    }
+
+    /// Records a finished stage; its downstream stages become ready, or blocked if it failed.
+    fn finish(&mut self, done: Finished) {
+        let i = done.stage;
+        self.runs.insert(i, done.run);
+        match done.entry {
+            Some(entry) => {
+                self.status[i] = Status::Done(Box::new(entry));
+                for d in self.dag.downstream(i) {
+                    if self.position[d] == usize::MAX {
+                        continue;
+                    }
+                    self.waiting[d] -= 1;
+                    if self.waiting[d] == 0 && matches!(self.status[d], Status::Pending) {
+                        self.newly_ready.push(d);
+                    }
+                }
+            }
+            None => {
+                self.status[i] = Status::Failed;
+                // Stages behind a failure cannot run.
+                let mut behind = self.dag.downstream(i);
+                while let Some(d) = behind.pop() {
+                    if self.position[d] == usize::MAX || !matches!(self.status[d], Status::Pending)
+                    {
+                        continue;
+                    }
+                    self.status[d] = Status::Blocked;
+                    let stage = &self.pipeline.stages[d];
+                    warn!(stage = %stage.name, "blocked: an upstream stage failed");
+                    self.runs.insert(
+                        d,
+                        StageRun {
+                            name: stage.name.clone(),
+                            kind: stage.kind.spec().name.into(),
+                            outcome: StageOutcome::Blocked,
+                            key: None,
+                            parts: None,
+                            sources: Default::default(),
+                            seconds: 0.0,
+                            error: None,
+                        },
+                    );
+                    behind.extend(self.dag.downstream(d));
+                }
+            }
+        }
+    }
+}
+
+/// What looking a stage up found.
+enum Lookup {
+    /// In the cache, or its key cannot be made (that failure is final too).
+    Done(Box<Finished>),
+    /// It has to run, under this key.
+    Missing(Box<Resolved>),
+}
+
+/// Looks a stage up in the cache.
+fn try_cached(
+    pipeline: &Pipeline,
+    i: usize,
+    upstream: &BTreeMap<String, Entry>,
+    store: &ArtifactStore,
+    memo: &HashMemo,
+) -> Lookup {
+    let stage = &pipeline.stages[i];
+    let started = Instant::now();
+    let mut run = StageRun {
+        name: stage.name.clone(),
+        kind: stage.kind.spec().name.into(),
+        outcome: StageOutcome::Hit,
+        key: None,
+        parts: None,
+        sources: Default::default(),
+        seconds: 0.0,
+        error: None,
+    };
+    let found = resolve::resolve(pipeline, stage, upstream, memo).and_then(|resolved| {
+        let entry = store.lookup(&resolved.key)?;
+        Ok((entry, resolved))
+    });
+    run.seconds = started.elapsed().as_secs_f64();
+    match found {
+        Ok((Some(entry), resolved)) => {
+            info!(stage = %stage.name, key = %entry.record.key.short(), "cached");
+            run.key = Some(resolved.key);
+            run.parts = Some(resolved.parts);
+            run.sources = resolved.sources;
+            Lookup::Done(Box::new(Finished {
+                stage: i,
+                run,
+                entry: Some(entry),
+                input_error: false,
+            }))
+        }
+        Ok((None, resolved)) => Lookup::Missing(Box::new(resolved)),
+        Err(e) => {
+            let failure = StageFailure::from(e);
+            error!(stage = %stage.name, "failed: {}", failure.message);
+            run.outcome = StageOutcome::Failed;
+            run.error = Some(failure.message);
+            Lookup::Done(Box::new(Finished {
+                stage: i,
+                run,
+                entry: None,
+                input_error: failure.input_error,
+            }))
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn run_stage(
     pipeline: &Pipeline,
     i: usize,
     upstream: &BTreeMap<String, Entry>,
+    resolved: Option<Resolved>,
     store: &ArtifactStore,
     memo: &HashMemo,
     force: bool,
@@ -241,7 +391,8 @@ fn run_stage(
         seconds: 0.0,
         error: None,
     };
-    let result = resolve::resolve(pipeline, stage, upstream, memo)
+    let result = resolved
+        .map_or_else(|| resolve::resolve(pipeline, stage, upstream, memo), Ok)
         .map_err(StageFailure::from)
         .and_then(|resolved| {
             run.key = Some(resolved.key);
@@ -291,7 +442,6 @@ fn execute(
     ui: &Ui,
 ) -> Result<(Entry, StageOutcome), StageFailure> {
     let key = resolved.key;
-    let progress = ui.stage_progress(&stage.name);
     let pipeline_name = pipeline_id(pipeline);
     let outputs = stage.kind.spec().output_files();
     let target = Target {
@@ -305,6 +455,8 @@ fn execute(
     let started = Instant::now();
     let built = build(store, &target, force, on_wait, |out_dir, work_dir| {
         info!(stage = %stage.name, key = %key.short(), "running");
+        // Only a stage that runs gets a progress bar: a no-op run of many stages adds none.
+        let progress = ui.stage_progress(&stage.name);
         let engine = EngineContext {
             store,
             parts: &resolved.parts,
@@ -326,7 +478,6 @@ fn execute(
         progress.finish();
         outcome.map(|()| true)
     });
-    progress.finish();
     match built? {
         Built::Hit(entry) => {
             info!(stage = %stage.name, key = %key.short(), "cached");

@@ -53,6 +53,16 @@ pub fn explain(
         .resolved
         .as_ref()
         .map_or(&stage.params, |r| &r.parts.params);
+    if let Some(class) = stage.kind.device_class(params) {
+        let _ = writeln!(
+            out,
+            "  device class    {class} (what `device` resolves to here)"
+        );
+    }
+    let params = row
+        .resolved
+        .as_ref()
+        .map_or(&stage.params, |r| &r.parts.params);
     for (k, v) in key::flatten(params) {
         let _ = writeln!(out, "  params.{k:8} {v}");
     }
