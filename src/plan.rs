@@ -70,8 +70,17 @@ pub fn plan(
     stages: &[usize],
     forced: &[usize],
 ) -> Result<Vec<Row>> {
-    let runs = runlog::load_all(&store.runs_dir());
-    let last_runs = runlog::last_runs(&runs, &pipeline_id(pipeline));
+    // Run records are read only when a stage is stale and needs its reasons: a plan of a
+    // cached pipeline reads none.
+    let runs = std::cell::OnceCell::new();
+    let runs = || runs.get_or_init(|| runlog::load_all(&store.runs_dir()));
+    let last_runs = std::cell::OnceCell::new();
+    let last_run = |name: &str| {
+        last_runs
+            .get_or_init(|| runlog::last_runs(runs(), &pipeline_id(pipeline)))
+            .get(name)
+            .copied()
+    };
     let mut is_forced = vec![false; pipeline.stages.len()];
     for &i in forced {
         is_forced[i] = true;
@@ -118,7 +127,7 @@ pub fn plan(
                 },
                 None => State::Stale {
                     key: Some(r.key),
-                    reasons: reasons(last_runs.get(stage.name.as_str()).copied(), &r),
+                    reasons: reasons(last_run(&stage.name), &r),
                 },
             };
             resolved = Some(r);
