@@ -30,7 +30,7 @@ print(json.dumps(out))
 #[test]
 #[cfg_attr(
     not(covseg_numpy),
-    ignore = "needs python3 with numpy, absent when this crate was built (touch build.rs after installing it)"
+    ignore = "needs python3 with numpy, absent when this crate was built (touch stages/prerequisites.rs after installing it)"
 )]
 fn agrees_with_numpy_on_random_masks() {
     let has_numpy = Command::new("python3")

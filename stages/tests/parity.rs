@@ -122,7 +122,7 @@ fn argmax(logits: &Tensor<2>) -> usize {
 #[test]
 #[cfg_attr(
     not(covseg_shared),
-    ignore = "needs ../shared, absent when this crate was built (touch build.rs after adding it)"
+    ignore = "needs ../shared, absent when this crate was built (touch stages/prerequisites.rs after adding it)"
 )]
 fn torchvision_efficientnet_b0_matches_pytorch() {
     let Some(fixtures) = fixtures("torchvision_efficientnet_b0_matches_pytorch") else {
@@ -167,7 +167,7 @@ fn smp_unet_config() -> UnetConfig {
 #[test]
 #[cfg_attr(
     not(covseg_shared),
-    ignore = "needs ../shared, absent when this crate was built (touch build.rs after adding it)"
+    ignore = "needs ../shared, absent when this crate was built (touch stages/prerequisites.rs after adding it)"
 )]
 fn smp_unet_efficientnet_b0_matches_pytorch() {
     let Some(fixtures) = fixtures("smp_unet_efficientnet_b0_matches_pytorch") else {
@@ -213,7 +213,7 @@ fn smp_unet_efficientnet_b0_matches_pytorch() {
 #[test]
 #[cfg_attr(
     not(covseg_shared),
-    ignore = "needs ../shared, absent when this crate was built (touch build.rs after adding it)"
+    ignore = "needs ../shared, absent when this crate was built (touch stages/prerequisites.rs after adding it)"
 )]
 fn wrong_flavour_is_far_out_of_tolerance() {
     let Some(fixtures) = fixtures("wrong_flavour_is_far_out_of_tolerance") else {
@@ -241,7 +241,7 @@ fn wrong_flavour_is_far_out_of_tolerance() {
 #[test]
 #[cfg_attr(
     not(covseg_shared),
-    ignore = "needs ../shared, absent when this crate was built (touch build.rs after adding it)"
+    ignore = "needs ../shared, absent when this crate was built (touch stages/prerequisites.rs after adding it)"
 )]
 fn efficientnet_lite0_matches_the_tf_faithful_reference() {
     let Some(fixtures) = fixtures("efficientnet_lite0_matches_the_tf_faithful_reference") else {
@@ -288,7 +288,7 @@ fn efficientnet_lite0_matches_the_tf_faithful_reference() {
 #[test]
 #[cfg_attr(
     not(covseg_shared),
-    ignore = "needs ../shared, absent when this crate was built (touch build.rs after adding it)"
+    ignore = "needs ../shared, absent when this crate was built (touch stages/prerequisites.rs after adding it)"
 )]
 fn unet_encoder_from_torchvision_checkpoint_matches_pytorch() {
     let Some(fixtures) = fixtures("unet_encoder_from_torchvision_checkpoint_matches_pytorch")
@@ -324,7 +324,7 @@ fn unet_encoder_from_torchvision_checkpoint_matches_pytorch() {
 #[test]
 #[cfg_attr(
     not(covseg_shared),
-    ignore = "needs ../shared, absent when this crate was built (touch build.rs after adding it)"
+    ignore = "needs ../shared, absent when this crate was built (touch stages/prerequisites.rs after adding it)"
 )]
 fn unet_encoder_from_lite0_checkpoint_matches_the_reference() {
     let Some(fixtures) = fixtures("unet_encoder_from_lite0_checkpoint_matches_the_reference")
@@ -359,7 +359,7 @@ fn unet_encoder_from_lite0_checkpoint_matches_the_reference() {
 #[test]
 #[cfg_attr(
     not(covseg_shared),
-    ignore = "needs ../shared, absent when this crate was built (touch build.rs after adding it)"
+    ignore = "needs ../shared, absent when this crate was built (touch stages/prerequisites.rs after adding it)"
 )]
 fn grey_stem_equals_replicated_rgb_input() {
     let Some(fixtures) = fixtures("grey_stem_equals_replicated_rgb_input") else {
@@ -394,7 +394,7 @@ fn grey_stem_equals_replicated_rgb_input() {
 #[test]
 #[cfg_attr(
     not(covseg_shared),
-    ignore = "needs ../shared, absent when this crate was built (touch build.rs after adding it)"
+    ignore = "needs ../shared, absent when this crate was built (touch stages/prerequisites.rs after adding it)"
 )]
 fn loading_reports_the_tensor_and_shapes_that_do_not_fit() {
     let Some(fixtures) = fixtures("loading_reports_the_tensor_and_shapes_that_do_not_fit") else {
@@ -440,7 +440,7 @@ fn loading_reports_the_tensor_and_shapes_that_do_not_fit() {
 #[test]
 #[cfg_attr(
     not(covseg_shared),
-    ignore = "needs ../shared, absent when this crate was built (touch build.rs after adding it)"
+    ignore = "needs ../shared, absent when this crate was built (touch stages/prerequisites.rs after adding it)"
 )]
 fn missing_weights_file_is_an_io_error() {
     let device = Device::flex();

@@ -247,7 +247,7 @@ fn split_manifest_and_preprocessing() {
 #[test]
 #[cfg_attr(
     not(covseg_shared),
-    ignore = "needs ../shared, absent when covseg was built (touch build.rs after adding it)"
+    ignore = "needs ../shared, absent when covseg was built (touch stages/prerequisites.rs after adding it)"
 )]
 fn split_of_the_shared_image_folder() {
     let shared = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

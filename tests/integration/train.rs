@@ -84,7 +84,7 @@ fn a_gpu_device_missing_from_the_build_is_a_param_error() {
 #[test]
 #[cfg_attr(
     not(covseg_shared),
-    ignore = "needs ../shared, absent when covseg was built (touch build.rs after adding it)"
+    ignore = "needs ../shared, absent when covseg was built (touch stages/prerequisites.rs after adding it)"
 )]
 fn imagenet_weights_flow_from_a_pretrained_stage_into_training() {
     let weights = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

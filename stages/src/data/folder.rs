@@ -388,7 +388,7 @@ mod real_data {
     #[test]
     #[cfg_attr(
         not(covseg_shared),
-        ignore = "needs ../shared, absent when this crate was built (touch build.rs after adding it)"
+        ignore = "needs ../shared, absent when this crate was built (touch stages/prerequisites.rs after adding it)"
     )]
     fn reads_the_shared_semiseg_slices() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"))
