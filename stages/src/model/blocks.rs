@@ -6,31 +6,12 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
 use burn::tensor::{Device, Distribution, Tensor, activation};
 
+pub use super::activation::Activation;
+use super::batch_norm::batch_norm_act;
+use super::gate::gate;
+
 use super::config::Flavour;
 use super::conv::conv2d_module;
-
-/// The non-linearity after a normalisation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Activation {
-    /// No activation: MBConv's linear bottleneck.
-    Identity,
-    Relu,
-    /// `min(max(x, 0), 6)`: EfficientNet-Lite, which was designed for int8 inference.
-    Relu6,
-    /// `x · sigmoid(x)`, also called swish: EfficientNet-B0.
-    Silu,
-}
-
-impl Activation {
-    pub fn apply<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
-        match self {
-            Self::Identity => x,
-            Self::Relu => activation::relu(x),
-            Self::Relu6 => activation::relu6(x),
-            Self::Silu => activation::silu(x),
-        }
-    }
-}
 
 /// The padding of a `kernel`-sized convolution in the given flavour. TF `SAME` is what Burn's
 /// `PaddingConfig2d::Same` computes (per input size and stride, the odd pixel after), so one
@@ -112,7 +93,7 @@ pub struct ConvBnAct {
 impl ConvBnAct {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let y = conv2d_module(&self.conv, x);
-        self.activation.apply(self.bn.forward(y))
+        batch_norm_act(&self.bn, y, self.activation)
     }
 }
 
@@ -137,8 +118,8 @@ impl SqueezeExcitation {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let pooled = x.clone().mean_dim(3).mean_dim(2);
         let reduced = activation::silu(conv2d_module(&self.reduce, pooled));
-        let gate = conv2d_module(&self.expand, reduced);
-        x * activation::sigmoid(gate)
+        let gate_logits = conv2d_module(&self.expand, reduced);
+        gate(x, gate_logits)
     }
 }
 

@@ -160,7 +160,7 @@ impl<B: Backend + ConvBackend, C: CheckpointStrategy> ConvBackend for Autodiff<B
 }
 
 /// Whether `device` computes on flex, directly or under autodiff.
-fn on_flex(device: &Device) -> bool {
+pub(super) fn on_flex(device: &Device) -> bool {
     fn flex(device: &DispatchDevice) -> bool {
         match device {
             DispatchDevice::Flex(_) => true,

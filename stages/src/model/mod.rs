@@ -11,13 +11,19 @@
 //! `running_var` with the biased batch variance, where PyTorch uses the unbiased one (a factor
 //! n/(n-1), negligible for the batch·H·W of a slice).
 
+mod activation;
+mod batch_norm;
 mod blocks;
 mod config;
 mod conv;
 mod efficientnet;
+mod flex;
+mod gate;
+mod simd;
 mod unet;
 mod weights;
 
+pub use batch_norm::batch_norm_act;
 pub use blocks::{
     Activation, ConvBnAct, ConvBnActConfig, MbConv, MbConvConfig, SqueezeExcitation,
     StochasticDepth,
@@ -28,5 +34,6 @@ pub use efficientnet::{
     EfficientNet, EfficientNetConfig, EfficientNetEncoder, EfficientNetTrace, EfficientNetVariant,
     HEAD_CHANNELS, NUM_BLOCKS, STAGE_LAST_BLOCKS, STEM_CHANNELS, feature_channels,
 };
+pub use gate::gate;
 pub use unet::{DecoderBlock, DoubleConv, Encoder, PLAIN_CHANNELS, PlainEncoder, Unet, UnetTrace};
 pub use weights::StateDictLayout;
