@@ -70,6 +70,9 @@ impl ConvBackend for Flex {
         grad: FlexTensor,
         options: ConvOptions<2>,
     ) -> FlexTensor {
+        if let Some(dx) = pointwise_x_grad(&x, &weight, &grad, &options) {
+            return dx;
+        }
         match Planes::new(&x, &weight, &grad, &options) {
             Some(planes) => {
                 let (w, g) = (weight.to_contiguous(), grad.to_contiguous());
@@ -251,6 +254,38 @@ fn padding_pair(
             }
         }
     }
+}
+
+/// The input gradient of a dense 1×1, stride-1, unpadded convolution, `dx[n] = Wᵀ · dy[n]`, as
+/// one batched matrix product. Burn's generic path treats it as a transposed convolution: the
+/// same product into a column buffer, then an element-by-element scatter of that buffer into
+/// the output. `None` for any other convolution.
+fn pointwise_x_grad(
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    grad: &FlexTensor,
+    options: &ConvOptions<2>,
+) -> Option<FlexTensor> {
+    let dims =
+        |t: &FlexTensor| -> Option<[usize; 4]> { t.layout().shape().as_slice().try_into().ok() };
+    let ([b, c_in, h, w], [c_out, per_group, kh, kw], [gb, gc, oh, ow]) =
+        (dims(x)?, dims(weight)?, dims(grad)?);
+    let pointwise = options.groups == 1
+        && (kh, kw, per_group) == (1, 1, c_in)
+        && options.stride == [1, 1]
+        && options.padding == [(0, 0), (0, 0)]
+        && (gb, gc, oh, ow) == (b, c_out, h, w);
+    if !pointwise {
+        return None;
+    }
+    let w_t = Flex::float_swap_dims(
+        Flex::float_reshape(weight.clone(), [1, c_out, c_in].into()),
+        1,
+        2,
+    );
+    let g = Flex::float_reshape(grad.clone(), [b, c_out, h * w].into());
+    let dx = Flex::float_matmul(w_t, g);
+    Some(Flex::float_reshape(dx, [b, c_in, h, w].into()))
 }
 
 /// The weight gradient of a dense (`groups == 1`) convolution: for each kernel tap, the batch's
