@@ -4,7 +4,10 @@
 # UnetConfig::default() (the same network, SMP layout), both on this machine's CPU.
 #   training:  batch 4 — forward, BCE + soft Dice, backward, AdamW step (images/s)
 #   inference: batch 1, evaluation mode, no autograd (images/s)
-# at 512×512 and 256×256, with each process's peak resident memory.
+# at 512×512 and 256×256, with each process's peak resident memory; and the two runs users make
+# most: EfficientNet-Lite0 U-Net training at 352², batch 8 (SMP's tu-tf_efficientnet_lite0), and
+# the predict stage's network pass at 512², batch 4, no TTA (bench/predict.sh times the whole
+# stage).
 #
 # Fair protocol: PyTorch with torch.set_num_threads(THREADS) and glibc's mmap/trim thresholds
 # raised (MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_, else glibc unmaps every tensor over
@@ -14,8 +17,9 @@
 # Needs: a Rust toolchain; python3 with torch and segmentation_models_pytorch
 #   (pip install torch segmentation-models-pytorch).
 # Usage: bench/model.sh [WORKDIR]
-#   env: ROUNDS (default 1), STEPS (default 5), WARMUP (default 2), SIZES (default "512 256"),
-#        THREADS (default: number of cores), CARGO_TARGET_DIR (honoured).
+#   env: ROUNDS (default 1), STEPS (default 5), WARMUP (default 2), ROWS (default: all rows, as
+#        "encoder:size:mode:batch" words), THREADS (default: number of cores), PYTHON (default
+#        python3), CARGO_TARGET_DIR (honoured).
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -24,46 +28,58 @@ mkdir -p "$work"
 rounds=${ROUNDS:-1}
 steps=${STEPS:-5}
 warmup=${WARMUP:-2}
-sizes=${SIZES:-512 256}
+rows=${ROWS:-efficientnet-b0:512:train:4 efficientnet-b0:512:infer:1 efficientnet-b0:256:train:4 efficientnet-b0:256:infer:1 efficientnet-lite0:352:train:8 efficientnet-b0:512:infer:4}
+python=${PYTHON:-python3}
 threads=${THREADS:-$(nproc)}
 
-python3 -c "import torch, segmentation_models_pytorch" 2>/dev/null || {
+"$python" -c "import torch, segmentation_models_pytorch" 2>/dev/null || {
   echo "bench/model.sh needs PyTorch and SMP: pip install torch segmentation-models-pytorch" >&2
   exit 2
 }
 (cd "$repo" && cargo build --release --quiet -p covseg-stages --features model --example model_bench)
 bench="${CARGO_TARGET_DIR:-$repo/target}/release/examples/model_bench"
 reference="$repo/bench/model_reference.py"
-echo "workdir: $work; $(nproc) cores, $threads threads; $(python3 -c 'import torch, segmentation_models_pytorch as smp; print("torch", torch.__version__, "smp", smp.__version__)')"
+echo "workdir: $work; $(nproc) cores, $threads threads; $("$python" -c 'import torch, segmentation_models_pytorch as smp; print("torch", torch.__version__, "smp", smp.__version__)')"
 
 results="$work/results.jsonl"
 : > "$results"
+: > "$work/cpu.jsonl"
 for round in $(seq "$rounds"); do
-  for size in $sizes; do
-    for mode in train infer; do
-      RAYON_NUM_THREADS=$threads "$bench" --sizes "$size" --modes "$mode" --steps "$steps" \
-        --warmup "$warmup" >> "$results"
-      MALLOC_MMAP_THRESHOLD_=1000000000 MALLOC_TRIM_THRESHOLD_=1000000000 \
-        python3 "$reference" --threads "$threads" --sizes "$size" --modes "$mode" \
-        --steps "$steps" --warmup "$warmup" >> "$results"
-    done
+  for row in $rows; do
+    IFS=: read -r encoder size mode batch <<< "$row"
+    RAYON_NUM_THREADS=$threads /usr/bin/time -f '{"tool":"covseg","cpu_s":%U,"wall_s":%e}' -a -o "$work/cpu.jsonl" \
+      "$bench" --encoder "$encoder" --sizes "$size" --modes "$mode" --batch "$batch" \
+      --steps "$steps" --warmup "$warmup" >> "$results"
+    MALLOC_MMAP_THRESHOLD_=1000000000 MALLOC_TRIM_THRESHOLD_=1000000000 \
+      "$python" "$reference" --threads "$threads" --encoder "$encoder" --sizes "$size" \
+      --modes "$mode" --batch "$batch" --steps "$steps" --warmup "$warmup" >> "$results"
   done
   echo "round $round of $rounds done (load average $(cut -d' ' -f1-3 /proc/loadavg))" >&2
 done
 
-python3 - "$results" <<'PY'
+"$python" - "$results" "$rows" "$work/cpu.jsonl" <<'PY'
 import json, statistics, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
-def pick(tool, mode, size, key):
-    values = [r[key] for r in rows if r["tool"] == tool and r["mode"] == mode and r["size"] == size]
+words = sys.argv[2].split()
+# One /usr/bin/time record per covseg process, in row order, round after round: the cores it kept
+# busy on average (user CPU seconds / wall seconds, set-up and warm-up included).
+cpu = [json.loads(line) for line in open(sys.argv[3])]
+cores = {w: statistics.median(c["cpu_s"] / c["wall_s"] for c in cpu[i::len(words)]) for i, w in enumerate(words)}
+def pick(tool, encoder, mode, size, batch, key):
+    values = [r[key] for r in rows if r["tool"] == tool and r["encoder"] == encoder
+              and r["mode"] == mode and r["size"] == size and r["batch"] == batch]
     return statistics.median(values)
 print()
-print("| measurement | covseg (img/s) | PyTorch (img/s) | covseg / PyTorch | peak MiB covseg | peak MiB PyTorch |")
-print("|---|---|---|---|---|---|")
-for size in sorted({r["size"] for r in rows}, reverse=True):
-    for mode, batch in (("train", 4), ("infer", 1)):
-        ours, theirs = pick("covseg", mode, size, "images_per_s"), pick("pytorch", mode, size, "images_per_s")
-        print(f"| {mode} {size}² batch {batch} | {ours:.3f} | {theirs:.3f} | {ours / theirs:.2f}× "
-              f"| {pick('covseg', mode, size, 'peak_mib'):.0f} | {pick('pytorch', mode, size, 'peak_mib'):.0f} |")
+print("| measurement | covseg (img/s) | PyTorch (img/s) | covseg / PyTorch | peak MiB covseg | peak MiB PyTorch | covseg cores busy |")
+print("|---|---|---|---|---|---|---|")
+for word in words:
+    encoder, size, mode, batch = word.split(":")
+    size, batch = int(size), int(batch)
+    ours = pick("covseg", encoder, mode, size, batch, "images_per_s")
+    theirs = pick("pytorch", encoder, mode, size, batch, "images_per_s")
+    name = {"efficientnet-b0": "B0", "efficientnet-lite0": "Lite0"}.get(encoder, encoder)
+    print(f"| {name} {mode} {size}² batch {batch} | {ours:.3f} | {theirs:.3f} | {ours / theirs:.2f}× "
+          f"| {pick('covseg', encoder, mode, size, batch, 'peak_mib'):.0f} "
+          f"| {pick('pytorch', encoder, mode, size, batch, 'peak_mib'):.0f} | {cores[word]:.2f} |")
 print(f"\nraw results: {sys.argv[1]}")
 PY

@@ -27,6 +27,10 @@ def loss_fn(logits, target):
     return bce + dice.mean()
 
 
+# covseg's encoder names and the SMP encoders with the same network.
+ENCODERS = {"efficientnet-b0": "efficientnet-b0", "efficientnet-lite0": "tu-tf_efficientnet_lite0"}
+
+
 def peak_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -66,16 +70,19 @@ def main():
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--modes", nargs="+", default=["train", "infer"], choices=["train", "infer"])
+    ap.add_argument("--batch", type=int, default=None, help="default: 4 for training, 1 for inference")
+    ap.add_argument("--encoder", default="efficientnet-b0", choices=sorted(ENCODERS))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = smp.Unet("efficientnet-b0", encoder_weights=None, in_channels=1, classes=2)
+    model = smp.Unet(ENCODERS[args.encoder], encoder_weights=None, in_channels=1, classes=2)
     for size in args.sizes:
-        for train, batch in ((True, 4), (False, 1)):
+        for train, default_batch in ((True, 4), (False, 1)):
             if ("train" if train else "infer") not in args.modes:
                 continue
+            batch = args.batch or default_batch
             ips = bench(size, batch, train, args.steps, args.warmup, model)
-            print(json.dumps({"tool": "pytorch", "mode": "train" if train else "infer", "size": size,
+            print(json.dumps({"tool": "pytorch", "encoder": args.encoder, "mode": "train" if train else "infer", "size": size,
                               "batch": batch, "images_per_s": round(ips, 3), "peak_mib": round(peak_mib(), 1)}),
                   flush=True)
 

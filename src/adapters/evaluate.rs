@@ -39,7 +39,7 @@ impl StageKind for Evaluate {
     fn spec(&self) -> &KindSpec {
         const SPEC: KindSpec = KindSpec {
             name: "evaluate",
-            version: 2,
+            version: 3,
             about: "scores a bundle on the validation slices (Kaggle F1), picks per-class thresholds by a sweep, reports best and worst slices",
             inputs: &[
                 InputSpec {
@@ -72,7 +72,7 @@ impl StageKind for Evaluate {
             ],
             uses_seed: false,
             resources: ALL_CPUS,
-            golden: &[(2, "1848fd64f41ae421")],
+            golden: &[(2, "1848fd64f41ae421"), (3, "ce2bcfa68220e350")],
         };
         &SPEC
     }

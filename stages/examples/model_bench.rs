@@ -2,10 +2,11 @@
 //! on Burn's CPU backend, for the side-by-side comparison with PyTorch in `bench/model.sh`.
 //!
 //! Usage: model_bench [--sizes 512,256] [--steps N] [--warmup N] [--modes train,infer]
-//!                    [--encoder efficientnet-b0|efficientnet-lite0|plain]
+//!                    [--encoder efficientnet-b0|efficientnet-lite0|plain] [--batch N]
 //!
-//! Training: batch 4, forward, BCE + soft Dice, backward, AdamW step. Inference: batch 1,
-//! evaluation mode, no autodiff. Prints one JSON object per measurement, like the reference.
+//! Training: batch 4 (or `--batch`), forward, BCE + soft Dice, backward, AdamW step. Inference:
+//! batch 1 (or `--batch`), evaluation mode, no autodiff. Prints one JSON object per measurement,
+//! like the reference.
 
 use std::time::Instant;
 
@@ -21,6 +22,7 @@ struct Args {
     warmup: usize,
     modes: Vec<String>,
     encoder: EncoderKind,
+    batch: Option<usize>,
 }
 
 fn parse() -> Result<Args, String> {
@@ -30,6 +32,7 @@ fn parse() -> Result<Args, String> {
         warmup: 2,
         modes: vec!["train".into(), "infer".into()],
         encoder: EncoderKind::EfficientNetB0,
+        batch: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -42,6 +45,7 @@ fn parse() -> Result<Args, String> {
                     .collect::<Result<_, _>>()?
             }
             "--steps" => args.steps = value()?.parse().map_err(|e| format!("--steps: {e}"))?,
+            "--batch" => args.batch = Some(value()?.parse().map_err(|e| format!("--batch: {e}"))?),
             "--warmup" => args.warmup = value()?.parse().map_err(|e| format!("--warmup: {e}"))?,
             "--modes" => args.modes = value()?.split(',').map(str::to_owned).collect(),
             "--encoder" => {
@@ -66,8 +70,7 @@ fn peak_mib() -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
-fn bench_train(config: &UnetConfig, size: usize, steps: usize, warmup: usize) -> f64 {
-    let batch = 4;
+fn bench_train(config: &UnetConfig, size: usize, batch: usize, steps: usize, warmup: usize) -> f64 {
     let device = Device::flex().autodiff();
     device.seed(0);
     let mut model = config.init(&device).expect("valid config");
@@ -100,11 +103,15 @@ fn bench_train(config: &UnetConfig, size: usize, steps: usize, warmup: usize) ->
     (steps * batch) as f64 / start.elapsed().as_secs_f64()
 }
 
-fn bench_infer(config: &UnetConfig, size: usize, steps: usize, warmup: usize) -> f64 {
+fn bench_infer(config: &UnetConfig, size: usize, batch: usize, steps: usize, warmup: usize) -> f64 {
     let device = Device::flex();
     device.seed(0);
     let model = config.init(&device).expect("valid config");
-    let x = Tensor::<4>::random([1, 1, size, size], Distribution::Normal(0.0, 1.0), &device);
+    let x = Tensor::<4>::random(
+        [batch, 1, size, size],
+        Distribution::Normal(0.0, 1.0),
+        &device,
+    );
     let run = |n: usize| {
         for _ in 0..n {
             let out = model.forward(x.clone());
@@ -114,7 +121,7 @@ fn bench_infer(config: &UnetConfig, size: usize, steps: usize, warmup: usize) ->
     run(warmup);
     let start = Instant::now();
     run(steps);
-    steps as f64 / start.elapsed().as_secs_f64()
+    (steps * batch) as f64 / start.elapsed().as_secs_f64()
 }
 
 fn main() {
@@ -130,8 +137,16 @@ fn main() {
     for &size in &args.sizes {
         for mode in &args.modes {
             let (ips, batch) = match mode.as_str() {
-                "train" => (bench_train(&config, size, args.steps, args.warmup), 4),
-                "infer" => (bench_infer(&config, size, args.steps, args.warmup), 1),
+                "train" => {
+                    let batch = args.batch.unwrap_or(4);
+                    let ips = bench_train(&config, size, batch, args.steps, args.warmup);
+                    (ips, batch)
+                }
+                "infer" => {
+                    let batch = args.batch.unwrap_or(1);
+                    let ips = bench_infer(&config, size, batch, args.steps, args.warmup);
+                    (ips, batch)
+                }
                 other => {
                     eprintln!("model_bench: unknown mode {other}");
                     std::process::exit(2);
@@ -141,6 +156,7 @@ fn main() {
                 "{}",
                 serde_json::json!({
                     "tool": "covseg",
+                    "encoder": args.encoder,
                     "mode": mode,
                     "size": size,
                     "batch": batch,
