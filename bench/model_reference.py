@@ -35,9 +35,14 @@ def peak_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def bench(size, batch, train, steps, warmup, model):
-    x = torch.randn(batch, 1, size, size)
-    y = (torch.rand(batch, 2, size, size) > 0.9).float()
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench(size, batch, train, steps, warmup, model, device):
+    x = torch.randn(batch, 1, size, size, device=device)
+    y = (torch.rand(batch, 2, size, size, device=device) > 0.9).float()
     if train:
         model.train()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -56,9 +61,11 @@ def bench(size, batch, train, steps, warmup, model):
 
     for _ in range(warmup):
         step()
+    sync(device)
     start = time.perf_counter()
     for _ in range(steps):
         step()
+    sync(device)
     elapsed = time.perf_counter() - start
     return steps * batch / elapsed
 
@@ -72,18 +79,21 @@ def main():
     ap.add_argument("--modes", nargs="+", default=["train", "infer"], choices=["train", "infer"])
     ap.add_argument("--batch", type=int, default=None, help="default: 4 for training, 1 for inference")
     ap.add_argument("--encoder", default="efficientnet-b0", choices=sorted(ENCODERS))
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = ap.parse_args()
+    device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = smp.Unet(ENCODERS[args.encoder], encoder_weights=None, in_channels=1, classes=2)
+    model = smp.Unet(ENCODERS[args.encoder], encoder_weights=None, in_channels=1, classes=2).to(device)
     for size in args.sizes:
         for train, default_batch in ((True, 4), (False, 1)):
             if ("train" if train else "infer") not in args.modes:
                 continue
             batch = args.batch or default_batch
-            ips = bench(size, batch, train, args.steps, args.warmup, model)
+            ips = bench(size, batch, train, args.steps, args.warmup, model, device)
             print(json.dumps({"tool": "pytorch", "encoder": args.encoder, "mode": "train" if train else "infer", "size": size,
-                              "batch": batch, "images_per_s": round(ips, 3), "peak_mib": round(peak_mib(), 1)}),
+                              "batch": batch, "images_per_s": round(ips, 3), "peak_mib": round(peak_mib(), 1),
+                              "device": args.device}),
                   flush=True)
 
 

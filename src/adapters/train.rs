@@ -69,7 +69,7 @@ impl StageKind for Train {
             // The spec is static, so a GPU run cannot claim `gpu = 1` here yet; all CPU threads
             // covers flex, and `resources = { gpu = 1 }` in the pipeline covers a GPU run.
             resources: ALL_CPUS,
-            golden: &[(3, "49ff68ac9479bb65"), (4, "ad822513422bbfde")],
+            golden: &[(3, "49ff68ac9479bb65"), (4, "7ddd3e39132f3aaa")],
         };
         &SPEC
     }

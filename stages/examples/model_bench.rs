@@ -3,18 +3,20 @@
 //!
 //! Usage: model_bench [--sizes 512,256] [--steps N] [--warmup N] [--modes train,infer]
 //!                    [--encoder efficientnet-b0|efficientnet-lite0|plain] [--batch N]
+//!                    [--device cpu|wgpu|cuda|auto] [--probe]
 //!
+//! `--device` takes covseg's device choices (GPUs need a build with their feature); `--probe`
+//! prints the device it resolved to and exits, 1 when that is not the one asked for.
 //! Training: batch 4 (or `--batch`), forward, BCE + soft Dice, backward, AdamW step. Inference:
 //! batch 1 (or `--batch`), evaluation mode, no autodiff. Prints one JSON object per measurement,
 //! like the reference.
 
 use std::time::Instant;
 
-use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Distribution, Tensor};
 use covseg_stages::model::{EncoderKind, UnetConfig};
-use covseg_stages::training::{LossConfig, segmentation_loss};
+use covseg_stages::training::{DeviceChoice, LossConfig, segmentation_loss, select_device};
 
 struct Args {
     sizes: Vec<usize>,
@@ -23,6 +25,8 @@ struct Args {
     modes: Vec<String>,
     encoder: EncoderKind,
     batch: Option<usize>,
+    device: DeviceChoice,
+    probe: bool,
 }
 
 fn parse() -> Result<Args, String> {
@@ -33,6 +37,8 @@ fn parse() -> Result<Args, String> {
         modes: vec!["train".into(), "infer".into()],
         encoder: EncoderKind::EfficientNetB0,
         batch: None,
+        device: DeviceChoice::Cpu,
+        probe: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -45,6 +51,11 @@ fn parse() -> Result<Args, String> {
                     .collect::<Result<_, _>>()?
             }
             "--steps" => args.steps = value()?.parse().map_err(|e| format!("--steps: {e}"))?,
+            "--probe" => args.probe = true,
+            "--device" => {
+                args.device = serde_json::from_value(serde_json::Value::String(value()?))
+                    .map_err(|e| format!("--device: {e}"))?
+            }
             "--batch" => args.batch = Some(value()?.parse().map_err(|e| format!("--batch: {e}"))?),
             "--warmup" => args.warmup = value()?.parse().map_err(|e| format!("--warmup: {e}"))?,
             "--modes" => args.modes = value()?.split(',').map(str::to_owned).collect(),
@@ -70,8 +81,15 @@ fn peak_mib() -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
-fn bench_train(config: &UnetConfig, size: usize, batch: usize, steps: usize, warmup: usize) -> f64 {
-    let device = Device::flex().autodiff();
+fn bench_train(
+    config: &UnetConfig,
+    device: &Device,
+    size: usize,
+    batch: usize,
+    steps: usize,
+    warmup: usize,
+) -> f64 {
+    let device = device.clone().autodiff();
     device.seed(0);
     let mut model = config.init(&device).expect("valid config");
     let mut optimizer: ModuleOptimizer = AdamWConfig::new().init();
@@ -89,13 +107,18 @@ fn bench_train(config: &UnetConfig, size: usize, batch: usize, steps: usize, war
     .float();
     let loss = LossConfig::default();
     let mut run = |n: usize| {
+        let mut last = None;
         for _ in 0..n {
             let l = segmentation_loss(model.forward(x.clone()), y.clone(), &loss);
+            last = Some(l.clone().detach());
             let grads = GradientsParams::from_grads(l.backward(), &model);
             model = optimizer.step(1e-3, model.clone(), grads);
         }
-        // Flex is synchronous, but read one value so nothing is left pending.
-        let _ = model.clone().valid();
+        // A GPU queues work: reading the last loss waits for it (all but the last optimizer
+        // update; flex is synchronous anyway).
+        if let Some(l) = last {
+            let _ = l.into_scalar::<f32>();
+        }
     };
     run(warmup);
     let start = Instant::now();
@@ -103,8 +126,15 @@ fn bench_train(config: &UnetConfig, size: usize, batch: usize, steps: usize, war
     (steps * batch) as f64 / start.elapsed().as_secs_f64()
 }
 
-fn bench_infer(config: &UnetConfig, size: usize, batch: usize, steps: usize, warmup: usize) -> f64 {
-    let device = Device::flex();
+fn bench_infer(
+    config: &UnetConfig,
+    device: &Device,
+    size: usize,
+    batch: usize,
+    steps: usize,
+    warmup: usize,
+) -> f64 {
+    let device = device.clone();
     device.seed(0);
     let model = config.init(&device).expect("valid config");
     let x = Tensor::<4>::random(
@@ -130,6 +160,19 @@ fn main() {
         eprintln!("model_bench: {e}");
         std::process::exit(2);
     });
+    let device = select_device(args.device).unwrap_or_else(|e| {
+        eprintln!("model_bench: {e}");
+        std::process::exit(1);
+    });
+    if args.probe {
+        println!(
+            "{}",
+            serde_json::json!({ "asked": args.device, "device": device.name, "gpu": device.gpu })
+        );
+        let wanted_gpu = matches!(args.device, DeviceChoice::Wgpu | DeviceChoice::Cuda);
+        std::process::exit(if wanted_gpu && !device.gpu { 1 } else { 0 });
+    }
+    let device = device.device;
     let config = UnetConfig {
         encoder: args.encoder,
         ..UnetConfig::default()
@@ -139,12 +182,12 @@ fn main() {
             let (ips, batch) = match mode.as_str() {
                 "train" => {
                     let batch = args.batch.unwrap_or(4);
-                    let ips = bench_train(&config, size, batch, args.steps, args.warmup);
+                    let ips = bench_train(&config, &device, size, batch, args.steps, args.warmup);
                     (ips, batch)
                 }
                 "infer" => {
                     let batch = args.batch.unwrap_or(1);
-                    let ips = bench_infer(&config, size, batch, args.steps, args.warmup);
+                    let ips = bench_infer(&config, &device, size, batch, args.steps, args.warmup);
                     (ips, batch)
                 }
                 other => {
@@ -157,6 +200,7 @@ fn main() {
                 serde_json::json!({
                     "tool": "covseg",
                     "encoder": args.encoder,
+                    "device": args.device,
                     "mode": mode,
                     "size": size,
                     "batch": batch,

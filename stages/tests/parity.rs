@@ -10,10 +10,40 @@ use covseg_stages::model::{
     EfficientNetConfig, EfficientNetVariant, EncoderKind, Flavour, STAGE_LAST_BLOCKS,
     StateDictLayout, UnetConfig,
 };
+use covseg_stages::training::{DeviceChoice, select_device};
 
 /// The tolerance of fixtures/README.md: 15–100x the measured float32 rounding noise, and 10x
 /// below the smallest error any real bug (padding, eps, skip index) produced.
 const RELATIVE_TOLERANCE: f32 = 1e-4;
+
+/// The tolerance in force: [`RELATIVE_TOLERANCE`], or `COVSEG_PARITY_TOLERANCE` (bench/gpu.sh
+/// runs these fixtures on a GPU at 1e-3).
+fn tolerance() -> f32 {
+    std::env::var("COVSEG_PARITY_TOLERANCE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(RELATIVE_TOLERANCE)
+}
+
+/// The device the fixtures run on: flex, or the GPU `COVSEG_PARITY_DEVICE` names (`wgpu` or
+/// `cuda`, in a build with that feature; bench/gpu.sh). A GPU that does not answer fails the test
+/// rather than falling back to the CPU.
+fn device() -> Device {
+    let name = match std::env::var("COVSEG_PARITY_DEVICE") {
+        Ok(name) if name != "cpu" => name,
+        _ => return Device::flex(),
+    };
+    let choice: DeviceChoice = serde_json::from_value(serde_json::Value::String(name.clone()))
+        .unwrap_or_else(|e| panic!("COVSEG_PARITY_DEVICE={name}: {e}"));
+    let selected =
+        select_device(choice).unwrap_or_else(|e| panic!("COVSEG_PARITY_DEVICE={name}: {e}"));
+    assert!(
+        selected.gpu,
+        "COVSEG_PARITY_DEVICE={name} resolved to {}",
+        selected.name
+    );
+    selected.device
+}
 
 /// The fixtures folder. Tests that call this are ignored (visibly) when `../shared` was absent at
 /// build time, and run under `CI=true` always: a missing folder then fails, naming it.
@@ -100,12 +130,13 @@ impl Parity {
         let failed: Vec<String> = self
             .rows
             .iter()
-            .filter(|(_, rel)| rel.is_nan() || *rel > RELATIVE_TOLERANCE)
+            .filter(|(_, rel)| rel.is_nan() || *rel > tolerance())
             .map(|(name, rel)| format!("{name} ({rel:.2e})"))
             .collect();
         assert!(
             failed.is_empty(),
-            "{fixture}: out of tolerance {RELATIVE_TOLERANCE:e}: {}",
+            "{fixture}: out of tolerance {:e}: {}",
+            tolerance(),
             failed.join(", ")
         );
         worst
@@ -129,7 +160,7 @@ fn torchvision_efficientnet_b0_matches_pytorch() {
         return;
     };
     let dir = fixtures.join("torchvision_effb0");
-    let device = Device::flex();
+    let device = device();
     let model = EfficientNetConfig::new(EfficientNetVariant::B0, Flavour::Torchvision)
         .init_classifier(1000, &device)
         .load_pytorch(
@@ -174,7 +205,7 @@ fn smp_unet_efficientnet_b0_matches_pytorch() {
         return;
     };
     let dir = fixtures.join("smp_unet_effb0");
-    let device = Device::flex();
+    let device = device();
     let model = smp_unet_config()
         .init(&device)
         .expect("valid config")
@@ -220,7 +251,7 @@ fn wrong_flavour_is_far_out_of_tolerance() {
         return;
     };
     let dir = fixtures.join("smp_unet_effb0");
-    let device = Device::flex();
+    let device = device();
     let config = UnetConfig {
         flavour: Flavour::Torchvision,
         ..smp_unet_config()
@@ -248,7 +279,7 @@ fn efficientnet_lite0_matches_the_tf_faithful_reference() {
         return;
     };
     let dir = fixtures.join("effnet_lite0");
-    let device = Device::flex();
+    let device = device();
     let model = EfficientNetConfig::new(EfficientNetVariant::Lite0, Flavour::Tf)
         .init_classifier(1000, &device)
         .load_pytorch(dir.join("weights.safetensors"), StateDictLayout::Lukemelas)
@@ -296,7 +327,7 @@ fn unet_encoder_from_torchvision_checkpoint_matches_pytorch() {
         return;
     };
     let dir = fixtures.join("torchvision_effb0");
-    let device = Device::flex();
+    let device = device();
     let config = UnetConfig {
         flavour: Flavour::Torchvision,
         in_channels: 3,
@@ -332,7 +363,7 @@ fn unet_encoder_from_lite0_checkpoint_matches_the_reference() {
         return;
     };
     let dir = fixtures.join("effnet_lite0");
-    let device = Device::flex();
+    let device = device();
     let config = UnetConfig {
         encoder: EncoderKind::EfficientNetLite0,
         in_channels: 3,
@@ -366,7 +397,7 @@ fn grey_stem_equals_replicated_rgb_input() {
         return;
     };
     let weights = fixtures.join("torchvision_effb0/effb0_random.safetensors");
-    let device = Device::flex();
+    let device = device();
     let load = |in_channels: usize| {
         EfficientNetConfig {
             in_channels,
@@ -386,7 +417,7 @@ fn grey_stem_equals_replicated_rgb_input() {
     let scale: f32 = from_rgb.clone().abs().max().into_scalar();
     let diff: f32 = (from_grey - from_rgb).abs().max().into_scalar();
     assert!(
-        diff <= RELATIVE_TOLERANCE * scale,
+        diff <= tolerance() * scale,
         "max diff {diff} vs max {scale}"
     );
 }
@@ -401,7 +432,7 @@ fn loading_reports_the_tensor_and_shapes_that_do_not_fit() {
         return;
     };
     let weights = fixtures.join("smp_unet_effb0/smp_unet_effb0_random.safetensors");
-    let device = Device::flex();
+    let device = device();
     let four_classes = UnetConfig {
         classes: 4,
         ..smp_unet_config()
@@ -443,11 +474,92 @@ fn loading_reports_the_tensor_and_shapes_that_do_not_fit() {
     ignore = "needs ../shared, absent when this crate was built (touch stages/prerequisites.rs after adding it)"
 )]
 fn missing_weights_file_is_an_io_error() {
-    let device = Device::flex();
+    let device = device();
     let error = smp_unet_config()
         .init(&device)
         .expect("valid config")
         .load_smp(Path::new("/nonexistent/weights.safetensors"))
         .expect_err("no file");
     assert!(matches!(error, Error::Io { .. }), "{error}");
+}
+
+/// On a GPU build: the B0 U-Net's output and the gradients of its input, stem and head on the GPU
+/// against flex, on a 2 × 1 × 128 × 128 batch in training mode, within 1e-3 of each tensor's
+/// largest value (bench/gpu.sh runs it; CI never builds a GPU backend).
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+#[test]
+fn the_gpu_matches_flex_in_training() {
+    use burn::module::Module;
+    use burn::tensor::Distribution;
+
+    let gpu = device();
+    assert!(
+        !matches!(gpu.as_dispatch(), burn::backend::DispatchDevice::Flex(_)),
+        "set COVSEG_PARITY_DEVICE=wgpu (or cuda) to run this test"
+    );
+    let cpu = Device::flex();
+    cpu.seed(3);
+    let model = smp_unet_config().init(&cpu).expect("valid config");
+    let input = Tensor::<4>::random([2, 1, 128, 128], Distribution::Normal(0.0, 1.0), &cpu);
+    let weights = Tensor::<4>::random([2, 2, 128, 128], Distribution::Uniform(0.0, 1.0), &cpu);
+    let run = |device: &Device| {
+        let device = device.clone().autodiff();
+        let model = model.clone().fork(&device);
+        let x = Tensor::<4>::from_data(input.to_data(), &device).require_grad();
+        let w = Tensor::<4>::from_data(weights.to_data(), &device);
+        let y = model.forward(x.clone());
+        let grads = (y.clone() * w).sum().backward();
+        let covseg_stages::model::Encoder::EfficientNet(encoder) = &model.encoder else {
+            panic!("an EfficientNet encoder")
+        };
+        let values = |t: TensorData| t.iter::<f32>().collect::<Vec<f32>>();
+        [
+            ("output", values(y.into_data())),
+            (
+                "input gradient",
+                values(x.grad(&grads).expect("input grad").into_data()),
+            ),
+            (
+                "stem weight gradient",
+                values(
+                    encoder
+                        .stem
+                        .conv
+                        .weight
+                        .grad(&grads)
+                        .expect("stem grad")
+                        .into_data(),
+                ),
+            ),
+            (
+                "head weight gradient",
+                values(
+                    model
+                        .head
+                        .weight
+                        .grad(&grads)
+                        .expect("head grad")
+                        .into_data(),
+                ),
+            ),
+        ]
+    };
+    let (reference, ours) = (run(&cpu), run(&gpu));
+    for ((name, a), (_, b)) in reference.iter().zip(&ours) {
+        let scale = a.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-12);
+        let worst = a
+            .iter()
+            .zip(b)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0.0f32, f32::max);
+        println!(
+            "{name}: max |gpu - flex| / max |flex| = {:.2e}",
+            worst / scale
+        );
+        assert!(
+            worst <= 1e-3 * scale,
+            "{name}: {:.2e} of its largest value",
+            worst / scale
+        );
+    }
 }

@@ -11,6 +11,8 @@
 //! and a depthwise convolution's two gradients by direct loops over (batch, channel) planes.
 //! Every reduction runs in a fixed order, so results do not depend on the number of threads.
 //!
+//! Dense k×k convolutions (forward, and the input gradient at stride 1) go through [`super::dense`].
+//!
 //! This is a Burn backend extension with its own autodiff step. Only flex (and autodiff over
 //! flex) has it; [`conv2d`] sends every other device to Burn's `conv2d`.
 
@@ -29,6 +31,8 @@ use burn::nn::conv::Conv2d;
 use burn::tensor::Slice;
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use rayon::prelude::*;
+
+use super::dense;
 
 /// A bias-free 2-D convolution as a backend operation with separately overridable gradients.
 #[backend_extension(Flex, Autodiff)]
@@ -64,6 +68,13 @@ pub trait ConvBackend: Backend {
 }
 
 impl ConvBackend for Flex {
+    fn custom_conv2d(x: FlexTensor, weight: FlexTensor, options: ConvOptions<2>) -> FlexTensor {
+        match dense::conv2d(&x, &weight, &options) {
+            Some(y) => y,
+            None => Flex::conv2d(x, weight, None, options),
+        }
+    }
+
     fn custom_conv2d_x_grad(
         x: FlexTensor,
         weight: FlexTensor,
@@ -71,6 +82,9 @@ impl ConvBackend for Flex {
         options: ConvOptions<2>,
     ) -> FlexTensor {
         if let Some(dx) = pointwise_x_grad(&x, &weight, &grad, &options) {
+            return dx;
+        }
+        if let Some(dx) = dense::x_grad(&x, &weight, &grad, &options) {
             return dx;
         }
         match Planes::new(&x, &weight, &grad, &options) {
@@ -565,6 +579,8 @@ mod tests {
             (3, [2, 2], [(0, 1), (0, 1)], 10, 3, 6, 1),
             (1, [1, 1], [(0, 0), (0, 0)], 6, 7, 2, 1),
             (3, [1, 1], [(0, 0), (0, 0)], 8, 2, 3, 1),
+            (3, [1, 1], [(0, 1), (1, 0)], 7, 3, 5, 1),
+            (5, [1, 1], [(2, 2), (2, 2)], 6, 2, 3, 1),
             (3, [1, 1], [(1, 1), (1, 1)], 6, 4, 6, 2),
         ];
         for (k, stride, padding, size, c_in, c_out, groups) in cases {

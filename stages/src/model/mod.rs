@@ -16,6 +16,7 @@ mod batch_norm;
 mod blocks;
 mod config;
 mod conv;
+mod dense;
 mod efficientnet;
 mod flex;
 mod gate;

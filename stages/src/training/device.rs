@@ -59,6 +59,15 @@ pub fn class(choice: DeviceChoice) -> &'static str {
     }
 }
 
+/// What `auto` adds to its log line in a build without any GPU backend: how to get one.
+pub fn auto_hint(choice: DeviceChoice) -> Option<&'static str> {
+    let no_gpu_backend = !cfg!(any(feature = "wgpu", feature = "cuda"));
+    (choice == DeviceChoice::Auto && no_gpu_backend).then_some(
+        "this covseg has no GPU backend, so `auto` is the CPU: for an NVIDIA, AMD or Intel GPU, \
+         build with `cargo build --release --features wgpu` (Vulkan)",
+    )
+}
+
 /// Rejects a GPU backend this build lacks, before anything runs (params validation).
 pub fn check_compiled(choice: DeviceChoice) -> Result<()> {
     match choice {
@@ -135,6 +144,19 @@ fn wgpu() -> Option<TrainDevice> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auto_says_how_to_get_a_gpu_only_in_builds_without_one() {
+        let hint = auto_hint(DeviceChoice::Auto);
+        assert_eq!(
+            hint.is_some(),
+            !cfg!(any(feature = "wgpu", feature = "cuda"))
+        );
+        if let Some(hint) = hint {
+            assert!(hint.contains("--features wgpu"), "{hint}");
+        }
+        assert_eq!(auto_hint(DeviceChoice::Cpu), None);
+    }
 
     #[test]
     fn cpu_is_flex_and_auto_without_gpu_features_is_cpu() {

@@ -225,7 +225,10 @@ pub fn train_until(
         name: device_name,
         ..
     } = device::select(config.device)?;
-    tracing::info!("training on {device_name}");
+    match device::auto_hint(config.device) {
+        Some(hint) => tracing::info!("training on {device_name}; {hint}"),
+        None => tracing::info!("training on {device_name}"),
+    }
     let autodiff = device.clone().autodiff();
 
     // Initial weights depend on the seed only; the backend's generator is reseeded per epoch

@@ -1,0 +1,271 @@
+//! Dense (`groups == 1`) k×k convolutions on flex through im2col straight from NCHW, and their
+//! input gradient as another such convolution.
+//!
+//! flex's own forward pass first copies the whole input from NCHW to NHWC on one thread, then
+//! multiplies tiles and scatters each tile back into NCHW; its input gradient is a transposed
+//! convolution whose column buffer is scattered into the output one element at a time. Here one
+//! task per (sample, band of output rows) gathers that band's columns straight from NCHW (whole
+//! rows at a time where the stride is 1), one matrix product `W · columns` gives the band of
+//! every output channel, and the bands are copied into the output planes. The input gradient of a stride-1 convolution is
+//! the convolution of the output gradient with the flipped, transposed kernel, so it takes the
+//! same path. The bands do not depend on the number of threads and each output element is one dot
+//! product, so neither do the results.
+
+use burn::backend::Flex;
+use burn::backend::flex::FlexTensor;
+use burn::backend::ops::{ConvOptions, FloatTensorOps};
+use burn::tensor::{DType, TensorData};
+use rayon::prelude::*;
+
+use super::flex::f32s;
+
+/// The largest column buffer of one band, in elements (64 MiB of f32).
+const BAND_ELEMENTS: usize = 16 << 20;
+
+/// The fewest (sample, band) tasks a convolution is split into.
+const MIN_TASKS: usize = 16;
+
+/// The geometry of one dense convolution.
+#[derive(Clone, Copy, Debug)]
+struct Dense {
+    batch: usize,
+    c_in: usize,
+    height: usize,
+    width: usize,
+    c_out: usize,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    dilation: [usize; 2],
+    /// (top, bottom), (left, right).
+    padding: [(usize, usize); 2],
+    out_height: usize,
+    out_width: usize,
+}
+
+impl Dense {
+    /// `None` unless `x` and `w` are 4-D f32, `groups == 1` and the kernel is larger than 1×1
+    /// (flex multiplies 1×1 convolutions directly already).
+    fn new(x: &FlexTensor, w: &FlexTensor, options: &ConvOptions<2>) -> Option<Self> {
+        let dims = |t: &FlexTensor| -> Option<[usize; 4]> {
+            t.layout().shape().as_slice().try_into().ok()
+        };
+        let ([batch, c_in, height, width], [c_out, per_group, kh, kw]) = (dims(x)?, dims(w)?);
+        let usable = options.groups == 1
+            && per_group == c_in
+            && kh * kw > 1
+            && x.dtype() == DType::F32
+            && w.dtype() == DType::F32
+            && options.stride.iter().all(|&s| s > 0)
+            && options.dilation.iter().all(|&d| d > 0);
+        if !usable {
+            return None;
+        }
+        let out = |size: usize, (begin, end): (usize, usize), k: usize, s: usize, d: usize| {
+            let span = d * (k - 1) + 1;
+            (size + begin + end).checked_sub(span).map(|v| v / s + 1)
+        };
+        let [(top, bottom), (left, right)] = options.padding;
+        let out_height = out(
+            height,
+            (top, bottom),
+            kh,
+            options.stride[0],
+            options.dilation[0],
+        )?;
+        let out_width = out(
+            width,
+            (left, right),
+            kw,
+            options.stride[1],
+            options.dilation[1],
+        )?;
+        Some(Self {
+            batch,
+            c_in,
+            height,
+            width,
+            c_out,
+            kernel: [kh, kw],
+            stride: options.stride,
+            dilation: options.dilation,
+            padding: options.padding,
+            out_height,
+            out_width,
+        })
+    }
+
+    fn taps(&self) -> usize {
+        self.kernel[0] * self.kernel[1]
+    }
+
+    /// Output rows per band: at most [`BAND_ELEMENTS`] of columns per band, and at least
+    /// [`MIN_TASKS`] bands over the batch, so a few threads all have work (a fixed number, so
+    /// the bands, and the results, do not depend on the thread count).
+    fn band_rows(&self) -> usize {
+        let per_row = (self.c_in * self.taps() * self.out_width).max(1);
+        let by_memory = BAND_ELEMENTS / per_row;
+        let tasks = MIN_TASKS;
+        let bands_per_sample = tasks.div_ceil(self.batch.max(1));
+        let by_tasks = self.out_height.div_ceil(bands_per_sample);
+        by_memory.min(by_tasks).clamp(1, self.out_height.max(1))
+    }
+
+    /// The output columns `o` whose input index `o·stride + offset` lies in `0..len`.
+    fn valid(offset: isize, stride: usize, len: usize, out_len: usize) -> std::ops::Range<usize> {
+        let s = stride as isize;
+        let lo = if offset < 0 { (-offset + s - 1) / s } else { 0 };
+        let hi = (len as isize - offset + s - 1)
+            .div_euclid(s)
+            .clamp(0, out_len as isize);
+        (lo as usize).min(hi as usize)..hi as usize
+    }
+
+    /// The columns of output rows `rows` of sample `n`: row `(ci, i, j)` of the result holds
+    /// `x[n, ci, oh·sh + i·dh − top, ow·sw + j·dw − left]` for each `(oh, ow)` of the band
+    /// (zero outside the input).
+    fn columns(&self, x: &[f32], n: usize, rows: std::ops::Range<usize>) -> Vec<f32> {
+        let kw_n = self.kernel[1];
+        let [sh, sw] = self.stride;
+        let [dh, dw] = self.dilation;
+        let [(top, _), (left, _)] = self.padding;
+        let (h, w, ow_n) = (self.height, self.width, self.out_width);
+        let band = rows.len() * ow_n;
+        let mut cols = vec![0.0f32; self.c_in * self.taps() * band];
+        for (row, dst) in cols.chunks_mut(band).enumerate() {
+            let ci = row / self.taps();
+            let (i, j) = ((row % self.taps()) / kw_n, row % kw_n);
+            let plane = &x[(n * self.c_in + ci) * h * w..][..h * w];
+            let col_offset = (j * dw) as isize - left as isize;
+            let cols_ok = Self::valid(col_offset, sw, w, ow_n);
+            if cols_ok.is_empty() {
+                continue;
+            }
+            let row_offset = (i * dh) as isize - top as isize;
+            let first = ((cols_ok.start * sw) as isize + col_offset) as usize;
+            for (r, oh) in rows.clone().enumerate() {
+                let ih = (oh * sh) as isize + row_offset;
+                if ih < 0 || ih >= h as isize {
+                    continue;
+                }
+                let src = &plane[ih as usize * w..][..w];
+                let out = &mut dst[r * ow_n..][..ow_n];
+                if sw == 1 {
+                    out[cols_ok.clone()].copy_from_slice(&src[first..][..cols_ok.len()]);
+                } else {
+                    for (k, o) in out[cols_ok.clone()].iter_mut().enumerate() {
+                        *o = src[first + k * sw];
+                    }
+                }
+            }
+        }
+        cols
+    }
+
+    /// `conv2d(x, w)` without bias, NCHW: one task per (sample, band of output rows) gathers its
+    /// columns and multiplies them; the bands are then copied into the output planes.
+    fn forward(&self, x: &[f32], w: FlexTensor) -> Vec<f32> {
+        let k = self.c_in * self.taps();
+        let (oh_n, ow_n) = (self.out_height, self.out_width);
+        let weight = Flex::float_reshape(w, [self.c_out, k].into());
+        let band_rows = self.band_rows();
+        let bands = oh_n.div_ceil(band_rows);
+        let products: Vec<FlexTensor> = (0..self.batch * bands)
+            .into_par_iter()
+            .map(|task| {
+                let (n, b) = (task / bands, task % bands);
+                let rows = b * band_rows..((b + 1) * band_rows).min(oh_n);
+                let band = rows.len() * ow_n;
+                let cols = self.columns(x, n, rows);
+                let cols = FlexTensor::from_data(TensorData::new(cols, [k, band]));
+                Flex::float_matmul(weight.clone(), cols)
+            })
+            .collect();
+        let mut out = vec![0.0f32; self.batch * self.c_out * oh_n * ow_n];
+        out.par_chunks_mut(oh_n * ow_n)
+            .enumerate()
+            .for_each(|(plane, dst)| {
+                let (n, co) = (plane / self.c_out, plane % self.c_out);
+                for b in 0..bands {
+                    let start = b * band_rows * ow_n;
+                    let band = (((b + 1) * band_rows).min(oh_n) - b * band_rows) * ow_n;
+                    let product = f32s(&products[n * bands + b]);
+                    dst[start..][..band].copy_from_slice(&product[co * band..][..band]);
+                }
+            });
+        out
+    }
+}
+
+/// `conv2d(x, w)` (no bias) of a dense k×k convolution, or `None` when [`Dense::new`] does not
+/// apply.
+pub(super) fn conv2d(
+    x: &FlexTensor,
+    w: &FlexTensor,
+    options: &ConvOptions<2>,
+) -> Option<FlexTensor> {
+    let geometry = Dense::new(x, w, options)?;
+    let x = x.to_contiguous();
+    let data = geometry.forward(f32s(&x), w.to_contiguous());
+    let shape = [
+        geometry.batch,
+        geometry.c_out,
+        geometry.out_height,
+        geometry.out_width,
+    ];
+    Some(FlexTensor::from_data(TensorData::new(data, shape)))
+}
+
+/// The input gradient of a dense k×k stride-1 convolution: the output gradient convolved with the
+/// kernel flipped in both axes and with its channel axes swapped, padded by `k − 1 − p` on each
+/// side. `None` for strided or dilated convolutions (flex's transposed convolution does those).
+pub(super) fn x_grad(
+    x: &FlexTensor,
+    w: &FlexTensor,
+    grad: &FlexTensor,
+    options: &ConvOptions<2>,
+) -> Option<FlexTensor> {
+    let forward = Dense::new(x, w, options)?;
+    let [kh, kw] = forward.kernel;
+    let [(top, bottom), (left, right)] = forward.padding;
+    let fits = forward.stride == [1, 1]
+        && forward.dilation == [1, 1]
+        && top.max(bottom) < kh
+        && left.max(right) < kw
+        && grad.layout().shape().as_slice()
+            == [
+                forward.batch,
+                forward.c_out,
+                forward.out_height,
+                forward.out_width,
+            ]
+        && grad.dtype() == DType::F32;
+    if !fits {
+        return None;
+    }
+    let w = w.to_contiguous();
+    let weights = f32s(&w);
+    let (c_in, c_out) = (forward.c_in, forward.c_out);
+    let mut flipped = vec![0.0f32; weights.len()];
+    for co in 0..c_out {
+        for ci in 0..c_in {
+            for i in 0..kh {
+                for j in 0..kw {
+                    flipped[((ci * c_out + co) * kh + i) * kw + j] =
+                        weights[((co * c_in + ci) * kh + (kh - 1 - i)) * kw + (kw - 1 - j)];
+                }
+            }
+        }
+    }
+    let flipped = FlexTensor::from_data(TensorData::new(flipped, [c_in, c_out, kh, kw]));
+    let options = ConvOptions::new_with_padding(
+        [1, 1],
+        [
+            (kh - 1 - top, kh - 1 - bottom),
+            (kw - 1 - left, kw - 1 - right),
+        ],
+        [1, 1],
+        1,
+    );
+    let dx = conv2d(grad, &flipped, &options)?;
+    (dx.layout().shape().as_slice() == x.layout().shape().as_slice()).then_some(dx)
+}
