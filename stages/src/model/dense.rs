@@ -19,8 +19,8 @@ use rayon::prelude::*;
 
 use super::flex::f32s;
 
-/// The largest column buffer of one band, in elements (64 MiB of f32).
-const BAND_ELEMENTS: usize = 16 << 20;
+/// The largest column buffer of one band, in elements (4 MiB of f32: it stays in cache).
+const BAND_ELEMENTS: usize = 1 << 20;
 
 /// The fewest (sample, band) tasks a convolution is split into.
 const MIN_TASKS: usize = 16;
