@@ -245,6 +245,14 @@ impl<B: Backend + NormBackend, C: CheckpointStrategy> NormBackend for Autodiff<B
             }
         }
 
+        let forward = |x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>| {
+            let (x, gamma, beta) = (
+                x.into_primitive(),
+                gamma.into_primitive(),
+                beta.into_primitive(),
+            );
+            B::batch_norm_act_train(x, gamma, beta, epsilon, activation)
+        };
         match BatchNormActBackward
             .prepare::<C>([x.node(), gamma.node(), beta.node()])
             .compute_bound()
@@ -254,13 +262,7 @@ impl<B: Backend + NormBackend, C: CheckpointStrategy> NormBackend for Autodiff<B
                 let x_state = prep.checkpoint(&x);
                 let gamma_state = prep.checkpoint(&gamma);
                 let beta_state = prep.checkpoint(&beta);
-                let (y, mean, var) = B::batch_norm_act_train(
-                    x.into_primitive(),
-                    gamma.into_primitive(),
-                    beta.into_primitive(),
-                    epsilon,
-                    activation,
-                );
+                let (y, mean, var) = forward(x, gamma, beta);
                 let state = (
                     x_state,
                     gamma_state,
@@ -274,13 +276,7 @@ impl<B: Backend + NormBackend, C: CheckpointStrategy> NormBackend for Autodiff<B
                 (y, Self::from_inner(mean), Self::from_inner(var))
             }
             OpsKind::UnTracked(prep) => {
-                let (y, mean, var) = B::batch_norm_act_train(
-                    x.into_primitive(),
-                    gamma.into_primitive(),
-                    beta.into_primitive(),
-                    epsilon,
-                    activation,
-                );
+                let (y, mean, var) = forward(x, gamma, beta);
                 (
                     prep.finish(y),
                     Self::from_inner(mean),

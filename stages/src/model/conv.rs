@@ -372,6 +372,22 @@ fn f32s(t: &FlexTensor) -> &[f32] {
     t.as_slice::<f32>().expect("a contiguous f32 tensor")
 }
 
+/// The outputs `o` (of `out_len`) whose input index `o·stride + offset` lies in `0..len`: where a
+/// kernel tap at that offset sees the input rather than padding.
+pub(super) fn valid_outputs(
+    offset: isize,
+    stride: usize,
+    len: usize,
+    out_len: usize,
+) -> std::ops::Range<usize> {
+    let s = stride as isize;
+    let lo = if offset < 0 { (-offset + s - 1) / s } else { 0 };
+    let hi = (len as isize - offset + s - 1)
+        .div_euclid(s)
+        .clamp(0, out_len as isize);
+    (lo as usize).min(hi as usize)..hi as usize
+}
+
 /// The geometry of one depthwise convolution, in f32 on contiguous NCHW data.
 #[derive(Debug, Clone, Copy)]
 struct Planes {
@@ -418,16 +434,6 @@ impl Planes {
         })
     }
 
-    /// The output columns `ow` whose input column `ow·stride + offset` lies in `0..len`.
-    fn valid(offset: isize, stride: usize, len: usize, out_len: usize) -> std::ops::Range<usize> {
-        let s = stride as isize;
-        let lo = if offset < 0 { (-offset + s - 1) / s } else { 0 };
-        let hi = (len as isize - offset + s - 1)
-            .div_euclid(s)
-            .clamp(0, out_len as isize);
-        (lo as usize).min(hi as usize)..hi as usize
-    }
-
     /// For each kernel tap: (kernel row, kernel column, output rows, output columns, input row
     /// offset, input column offset).
     fn taps(
@@ -450,8 +456,8 @@ impl Planes {
                 (
                     kh,
                     kw,
-                    Self::valid(row, self.stride[0], self.height, self.out_height),
-                    Self::valid(col, self.stride[1], self.width, self.out_width),
+                    valid_outputs(row, self.stride[0], self.height, self.out_height),
+                    valid_outputs(col, self.stride[1], self.width, self.out_width),
                     row,
                     col,
                 )

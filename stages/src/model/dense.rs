@@ -17,6 +17,7 @@ use burn::backend::ops::{ConvOptions, FloatTensorOps};
 use burn::tensor::{DType, TensorData};
 use rayon::prelude::*;
 
+use super::conv::valid_outputs;
 use super::flex::f32s;
 
 /// The largest column buffer of one band, in elements (4 MiB of f32: it stays in cache).
@@ -110,16 +111,6 @@ impl Dense {
         by_memory.min(by_tasks).clamp(1, self.out_height.max(1))
     }
 
-    /// The output columns `o` whose input index `o·stride + offset` lies in `0..len`.
-    fn valid(offset: isize, stride: usize, len: usize, out_len: usize) -> std::ops::Range<usize> {
-        let s = stride as isize;
-        let lo = if offset < 0 { (-offset + s - 1) / s } else { 0 };
-        let hi = (len as isize - offset + s - 1)
-            .div_euclid(s)
-            .clamp(0, out_len as isize);
-        (lo as usize).min(hi as usize)..hi as usize
-    }
-
     /// The columns of output rows `rows` of sample `n`: row `(ci, i, j)` of the result holds
     /// `x[n, ci, oh·sh + i·dh − top, ow·sw + j·dw − left]` for each `(oh, ow)` of the band
     /// (zero outside the input).
@@ -136,7 +127,7 @@ impl Dense {
             let (i, j) = ((row % self.taps()) / kw_n, row % kw_n);
             let plane = &x[(n * self.c_in + ci) * h * w..][..h * w];
             let col_offset = (j * dw) as isize - left as isize;
-            let cols_ok = Self::valid(col_offset, sw, w, ow_n);
+            let cols_ok = valid_outputs(col_offset, sw, w, ow_n);
             if cols_ok.is_empty() {
                 continue;
             }
