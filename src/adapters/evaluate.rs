@@ -39,7 +39,7 @@ impl StageKind for Evaluate {
     fn spec(&self) -> &KindSpec {
         const SPEC: KindSpec = KindSpec {
             name: "evaluate",
-            version: 3,
+            version: 4,
             about: "scores a bundle on the validation slices (Kaggle F1), picks per-class thresholds by a sweep, reports best and worst slices",
             inputs: &[
                 InputSpec {
@@ -72,7 +72,11 @@ impl StageKind for Evaluate {
             ],
             uses_seed: false,
             resources: ALL_CPUS,
-            golden: &[(2, "1848fd64f41ae421"), (3, "aac0d6466da5a6ab")],
+            golden: &[
+                (2, "1848fd64f41ae421"),
+                (3, "aac0d6466da5a6ab"),
+                (4, "c631523f3701262d"),
+            ],
         };
         &SPEC
     }

@@ -29,7 +29,7 @@ impl StageKind for Predict {
     fn spec(&self) -> &KindSpec {
         const SPEC: KindSpec = KindSpec {
             name: "predict",
-            version: 2,
+            version: 3,
             about: "applies a bundle (with its thresholds) to new slices: the Kaggle test .npy or an image folder; optional flip TTA",
             inputs: &[
                 InputSpec {
@@ -56,7 +56,11 @@ impl StageKind for Predict {
             outputs: &[PREDICT_OUT, PREDICT_OVERLAYS, PREDICT_TIMING],
             uses_seed: false,
             resources: ALL_CPUS,
-            golden: &[(1, "ed833657ba0bdf17"), (2, "ed833657ba0bdf17")],
+            golden: &[
+                (1, "ed833657ba0bdf17"),
+                (2, "ed833657ba0bdf17"),
+                (3, "ed833657ba0bdf17"),
+            ],
         };
         &SPEC
     }

@@ -35,7 +35,7 @@ impl StageKind for Train {
     fn spec(&self) -> &KindSpec {
         const SPEC: KindSpec = KindSpec {
             name: "train",
-            version: 4,
+            version: 5,
             about: "trains the U-Net (AdamW, BCE + Dice, warm-up + cosine) on augmented shards, early-stops on validation F1, resumes after a kill; without validation inputs (a final training) it keeps the last epoch",
             inputs: &[
                 InputSpec {
@@ -69,7 +69,11 @@ impl StageKind for Train {
             // The spec is static, so a GPU run cannot claim `gpu = 1` here yet; all CPU threads
             // covers flex, and `resources = { gpu = 1 }` in the pipeline covers a GPU run.
             resources: ALL_CPUS,
-            golden: &[(3, "49ff68ac9479bb65"), (4, "7ddd3e39132f3aaa")],
+            golden: &[
+                (3, "49ff68ac9479bb65"),
+                (4, "7ddd3e39132f3aaa"),
+                (5, "f23109d24d94dd7e"),
+            ],
         };
         &SPEC
     }

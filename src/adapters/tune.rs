@@ -32,7 +32,7 @@ impl StageKind for Tune {
     fn spec(&self) -> &KindSpec {
         const SPEC: KindSpec = KindSpec {
             name: "tune",
-            version: 2,
+            version: 3,
             about: "searches train params (random or TPE sampler, ASHA pruning on validation F1); each trial is a cached train run in its own process",
             inputs: &[
                 InputSpec {
@@ -64,7 +64,11 @@ impl StageKind for Tune {
             outputs: &[TUNE_CSV, TUNE_JSON, TUNE_BEST, TUNE_PLOTS],
             uses_seed: true,
             resources: ALL_CPUS,
-            golden: &[(1, "20b4d9f111851f90"), (2, "20b4d9f111851f90")],
+            golden: &[
+                (1, "20b4d9f111851f90"),
+                (2, "20b4d9f111851f90"),
+                (3, "20b4d9f111851f90"),
+            ],
         };
         &SPEC
     }

@@ -26,7 +26,7 @@ use rayon::prelude::*;
 
 use super::activation::Activation;
 use super::conv::on_flex;
-use super::flex::{cast, f32_tensor, f32s, from_f32, owned_f32};
+use super::flex::{cast, f32_tensor, f32s, from_f32, owned_f32, zeros};
 use super::simd;
 
 /// BatchNorm followed by an activation, as backend operations.
@@ -414,25 +414,34 @@ impl Geometry {
         epsilon: f64,
         activation: Activation,
     ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-        let mut y = vec![0.0f32; x.len()];
+        let mut y = zeros(x.len());
         let count = self.count() as f64;
         let stats: Vec<(f32, f32)> = self
             .planes_mut(&mut y)
             .into_par_iter()
             .enumerate()
             .map(|(c, out)| {
-                simd::dispatch(|| {
-                    let sum: f64 = self.planes(x, c).map(simd::sum).sum();
-                    let mean = sum / count;
-                    let squares: f64 = self.planes(x, c).map(|p| simd::squares(p, mean)).sum();
-                    let var = squares / count;
-                    let scale = f64::from(gamma[c]) / (var + epsilon).sqrt();
-                    let shift = f64::from(beta[c]) - mean * scale;
-                    for (src, dst) in self.planes(x, c).zip(out) {
-                        simd::affine_act(src, dst, scale as f32, shift as f32, activation);
-                    }
-                    (mean as f32, var as f32)
-                })
+                simd::dispatch(
+                    #[inline(always)]
+                    || {
+                        let sum: f64 = self.planes(x, c).map(simd::sum).sum();
+                        let mean = sum / count;
+                        let squares: f64 = self
+                            .planes(x, c)
+                            .map(
+                                #[inline(always)]
+                                |p| simd::squares(p, mean),
+                            )
+                            .sum();
+                        let var = squares / count;
+                        let scale = f64::from(gamma[c]) / (var + epsilon).sqrt();
+                        let shift = f64::from(beta[c]) - mean * scale;
+                        for (src, dst) in self.planes(x, c).zip(out) {
+                            simd::affine_act(src, dst, scale as f32, shift as f32, activation);
+                        }
+                        (mean as f32, var as f32)
+                    },
+                )
             })
             .collect();
         let (mean, var) = stats.into_iter().unzip();
@@ -456,35 +465,38 @@ impl Geometry {
             .into_par_iter()
             .enumerate()
             .map(|(c, mut dy)| {
-                simd::dispatch(|| {
-                    let (mean, inv_std) = (stats.mean[c], stats.inv_std[c]);
-                    let scale = f64::from(gamma[c]) * inv_std;
-                    let shift = f64::from(beta[c]) - mean * scale;
-                    let (mean32, inv32) = (mean as f32, inv_std as f32);
-                    // dz = dy·f'(z) in place, with Σdz and Σdz·x̂.
-                    let (mut sum_dz, mut sum_dz_xhat) = (0.0f64, 0.0f64);
-                    for (src, dz) in self.planes(x, c).zip(dy.iter_mut()) {
-                        let (a, b) = simd::act_grad(
-                            src,
-                            dz,
-                            scale as f32,
-                            shift as f32,
-                            mean32,
-                            inv32,
-                            activation,
-                        );
-                        sum_dz += a;
-                        sum_dz_xhat += b;
-                    }
-                    // dx = γ/σ · (dz − mean(dz) − x̂·mean(dz·x̂)).
-                    let k = scale as f32;
-                    let (mean_dz, mean_dz_xhat) =
-                        ((sum_dz / count) as f32, (sum_dz_xhat / count) as f32);
-                    for (src, d) in self.planes(x, c).zip(dy.iter_mut()) {
-                        simd::bn_input_grad(src, d, k, mean_dz, mean_dz_xhat, mean32, inv32);
-                    }
-                    (sum_dz_xhat as f32, sum_dz as f32)
-                })
+                simd::dispatch(
+                    #[inline(always)]
+                    || {
+                        let (mean, inv_std) = (stats.mean[c], stats.inv_std[c]);
+                        let scale = f64::from(gamma[c]) * inv_std;
+                        let shift = f64::from(beta[c]) - mean * scale;
+                        let (mean32, inv32) = (mean as f32, inv_std as f32);
+                        // dz = dy·f'(z) in place, with Σdz and Σdz·x̂.
+                        let (mut sum_dz, mut sum_dz_xhat) = (0.0f64, 0.0f64);
+                        for (src, dz) in self.planes(x, c).zip(dy.iter_mut()) {
+                            let (a, b) = simd::act_grad(
+                                src,
+                                dz,
+                                scale as f32,
+                                shift as f32,
+                                mean32,
+                                inv32,
+                                activation,
+                            );
+                            sum_dz += a;
+                            sum_dz_xhat += b;
+                        }
+                        // dx = γ/σ · (dz − mean(dz) − x̂·mean(dz·x̂)).
+                        let k = scale as f32;
+                        let (mean_dz, mean_dz_xhat) =
+                            ((sum_dz / count) as f32, (sum_dz_xhat / count) as f32);
+                        for (src, d) in self.planes(x, c).zip(dy.iter_mut()) {
+                            simd::bn_input_grad(src, d, k, mean_dz, mean_dz_xhat, mean32, inv32);
+                        }
+                        (sum_dz_xhat as f32, sum_dz as f32)
+                    },
+                )
             })
             .collect();
         sums.into_iter().unzip()
@@ -496,7 +508,10 @@ impl Geometry {
             .enumerate()
             .for_each(|(i, plane)| {
                 let c = i % channels;
-                simd::dispatch(|| simd::affine_act_in_place(plane, scale[c], shift[c], activation))
+                simd::dispatch(
+                    #[inline(always)]
+                    || simd::affine_act_in_place(plane, scale[c], shift[c], activation),
+                )
             });
     }
 }

@@ -11,7 +11,10 @@
 //! and a depthwise convolution's two gradients by direct loops over (batch, channel) planes.
 //! Every reduction runs in a fixed order, so results do not depend on the number of threads.
 //!
-//! Dense k×k convolutions (forward, and the input gradient at stride 1) go through [`super::dense`].
+//! Dense k×k convolutions (forward, weight gradient, and the input gradient at stride 1) go
+//! through [`super::dense`]. Depthwise convolutions also get their forward pass here, with TF
+//! `SAME`'s asymmetric padding handled in the loop bounds (Burn would pad a copy of the input
+//! first, on one thread).
 //!
 //! This is a Burn backend extension with its own autodiff step. Only flex (and autodiff over
 //! flex) has it; [`conv2d`] sends every other device to Burn's `conv2d`.
@@ -33,6 +36,8 @@ use burn::tensor::{DType, Device, Tensor, TensorData};
 use rayon::prelude::*;
 
 use super::dense;
+use super::flex::{f32s, zeros};
+use super::simd;
 
 /// A bias-free 2-D convolution as a backend operation with separately overridable gradients.
 #[backend_extension(Flex, Autodiff)]
@@ -69,10 +74,21 @@ pub trait ConvBackend: Backend {
 
 impl ConvBackend for Flex {
     fn custom_conv2d(x: FlexTensor, weight: FlexTensor, options: ConvOptions<2>) -> FlexTensor {
-        match dense::conv2d(&x, &weight, &options) {
-            Some(y) => y,
-            None => Flex::conv2d(x, weight, None, options),
+        if let Some(y) = dense::conv2d(&x, &weight, &options) {
+            return y;
         }
+        if let Some(planes) = Planes::of_forward(&x, &weight, &options) {
+            let (xc, w) = (x.to_contiguous(), weight.to_contiguous());
+            let data = planes.forward(f32s(&xc), f32s(&w));
+            let shape = [
+                planes.count / planes.channels,
+                planes.channels,
+                planes.out_height,
+                planes.out_width,
+            ];
+            return FlexTensor::from_data(TensorData::new(data, shape));
+        }
+        Flex::conv2d(x, weight, None, options)
     }
 
     fn custom_conv2d_x_grad(
@@ -107,6 +123,9 @@ impl ConvBackend for Flex {
             let (xc, g) = (x.to_contiguous(), grad.to_contiguous());
             let data = planes.weight_grad(f32s(&xc), f32s(&g));
             return FlexTensor::from_data(TensorData::new(data, weight.layout().shape().clone()));
+        }
+        if let Some(dw) = dense::weight_grad(&x, &weight, &grad, &options) {
+            return dw;
         }
         if options.groups == 1 {
             let shape = weight.layout().shape().clone();
@@ -302,7 +321,8 @@ fn pointwise_x_grad(
     Some(Flex::float_reshape(dx, [b, c_in, h, w].into()))
 }
 
-/// The weight gradient of a dense (`groups == 1`) convolution: for each kernel tap, the batch's
+/// The weight gradient of a dense (`groups == 1`) convolution that [`dense`] does not take (1×1
+/// kernels, whose tap is the input itself): for each kernel tap, the batch's
 /// output gradient `(b, c_out, oh·ow)` times the input seen through that tap `(b, oh·ow, c_in)`,
 /// summed over the batch.
 fn dense_weight_grad(
@@ -368,10 +388,6 @@ fn dense_weight_grad(
     Flex::float_reshape(Flex::float_cat(taps, 2), weight_shape)
 }
 
-fn f32s(t: &FlexTensor) -> &[f32] {
-    t.as_slice::<f32>().expect("a contiguous f32 tensor")
-}
-
 /// The outputs `o` (of `out_len`) whose input index `o·stride + offset` lies in `0..len`: where a
 /// kernel tap at that offset sees the input rather than padding.
 pub(super) fn valid_outputs(
@@ -413,12 +429,22 @@ impl Planes {
         grad: &FlexTensor,
         o: &ConvOptions<2>,
     ) -> Option<Self> {
+        let out = grad.layout().shape().as_slice().try_into().ok()?;
+        Self::with_output(x, weight, out, o).filter(|_| grad.dtype() == DType::F32)
+    }
+
+    /// The geometry for an output of shape `[gb, gc, oh, ow]`.
+    fn with_output(
+        x: &FlexTensor,
+        weight: &FlexTensor,
+        [gb, gc, oh, ow]: [usize; 4],
+        o: &ConvOptions<2>,
+    ) -> Option<Self> {
         let dims = |t: &FlexTensor| -> Option<[usize; 4]> {
             t.layout().shape().as_slice().try_into().ok()
         };
-        let ([b, c, h, w], [wc, per_group, kh, kw], [gb, gc, oh, ow]) =
-            (dims(x)?, dims(weight)?, dims(grad)?);
-        let f32_only = [x, weight, grad].iter().all(|t| t.dtype() == DType::F32);
+        let ([b, c, h, w], [wc, per_group, kh, kw]) = (dims(x)?, dims(weight)?);
+        let f32_only = [x, weight].iter().all(|t| t.dtype() == DType::F32);
         let depthwise = o.groups == c && wc == c && per_group == 1 && gb == b && gc == c;
         (f32_only && depthwise).then_some(Self {
             count: b * c,
@@ -432,6 +458,23 @@ impl Planes {
             dilation: o.dilation,
             padding: o.padding_begin(),
         })
+    }
+
+    /// The geometry of a depthwise convolution's forward pass (its output shape computed from
+    /// the options), `None` when it is not a canonical f32 depthwise convolution.
+    fn of_forward(x: &FlexTensor, weight: &FlexTensor, o: &ConvOptions<2>) -> Option<Self> {
+        let [_, _, h, w] = x.layout().shape().as_slice().try_into().ok()?;
+        let [_, _, kh, kw] = weight.layout().shape().as_slice().try_into().ok()?;
+        let out = |size: usize, (begin, end): (usize, usize), k: usize, s: usize, d: usize| {
+            (size + begin + end)
+                .checked_sub(d * (k - 1) + 1)
+                .map(|v| v / s + 1)
+        };
+        let [(top, bottom), (left, right)] = o.padding;
+        let oh = out(h, (top, bottom), kh, o.stride[0], o.dilation[0])?;
+        let ow = out(w, (left, right), kw, o.stride[1], o.dilation[1])?;
+        let [b, c] = [x.layout().shape()[0], x.layout().shape()[1]];
+        Self::with_output(x, weight, [b, c, oh, ow], o)
     }
 
     /// For each kernel tap: (kernel row, kernel column, output rows, output columns, input row
@@ -465,35 +508,79 @@ impl Planes {
         })
     }
 
+    /// `y[p, oh, ow] = Σ_taps w[c, tap] · x[p, oh·sh + row, ow·sw + col]`, taps in order.
+    fn forward(&self, x: &[f32], weight: &[f32]) -> Vec<f32> {
+        let (h, w, oh_n, ow_n) = (self.height, self.width, self.out_height, self.out_width);
+        let taps = self.kernel[0] * self.kernel[1];
+        let [sh, sw] = self.stride;
+        let mut out = zeros(self.count * oh_n * ow_n);
+        out.par_chunks_mut((oh_n * ow_n).max(1))
+            .enumerate()
+            .for_each(|(plane, y)| {
+                let c = plane % self.channels;
+                let xp = &x[plane * h * w..(plane + 1) * h * w];
+                simd::dispatch(
+                    #[inline(always)]
+                    || {
+                        for (kh, kw, rows, cols, row, col) in self.taps() {
+                            let wv = weight[c * taps + kh * self.kernel[1] + kw];
+                            for oh in rows {
+                                let ih = ((oh * sh) as isize + row) as usize;
+                                let x_row = &xp[ih * w..(ih + 1) * w];
+                                let y_row = &mut y[oh * ow_n + cols.start..oh * ow_n + cols.end];
+                                let first = ((cols.start * sw) as isize + col) as usize;
+                                if sw == 1 {
+                                    for (d, &v) in y_row.iter_mut().zip(&x_row[first..]) {
+                                        *d += v * wv;
+                                    }
+                                } else {
+                                    for (i, d) in y_row.iter_mut().enumerate() {
+                                        *d += x_row[first + i * sw] * wv;
+                                    }
+                                }
+                            }
+                        }
+                    },
+                )
+            });
+        out
+    }
+
     fn x_grad(&self, weight: &[f32], grad: &[f32]) -> Vec<f32> {
         let (h, w, oh_n, ow_n) = (self.height, self.width, self.out_height, self.out_width);
         let taps = self.kernel[0] * self.kernel[1];
         let [sh, sw] = self.stride;
-        let mut out = vec![0.0f32; self.count * h * w];
+        let mut out = zeros(self.count * h * w);
         out.par_chunks_mut(h * w)
             .enumerate()
             .for_each(|(plane, dx)| {
                 let c = plane % self.channels;
                 let g = &grad[plane * oh_n * ow_n..(plane + 1) * oh_n * ow_n];
-                for (kh, kw, rows, cols, row, col) in self.taps() {
-                    let wv = weight[c * taps + kh * self.kernel[1] + kw];
-                    for oh in rows {
-                        let ih = (oh * sh) as isize + row;
-                        let g_row = &g[oh * ow_n..(oh + 1) * ow_n];
-                        let dx_row = &mut dx[ih as usize * w..(ih as usize + 1) * w];
-                        let first = (cols.start * sw) as isize + col;
-                        if sw == 1 {
-                            let dst = &mut dx_row[first as usize..first as usize + cols.len()];
-                            for (d, &gv) in dst.iter_mut().zip(&g_row[cols.clone()]) {
-                                *d += gv * wv;
-                            }
-                        } else {
-                            for (i, &gv) in g_row[cols.clone()].iter().enumerate() {
-                                dx_row[first as usize + i * sw] += gv * wv;
+                simd::dispatch(
+                    #[inline(always)]
+                    || {
+                        for (kh, kw, rows, cols, row, col) in self.taps() {
+                            let wv = weight[c * taps + kh * self.kernel[1] + kw];
+                            for oh in rows {
+                                let ih = (oh * sh) as isize + row;
+                                let g_row = &g[oh * ow_n..(oh + 1) * ow_n];
+                                let dx_row = &mut dx[ih as usize * w..(ih as usize + 1) * w];
+                                let first = (cols.start * sw) as isize + col;
+                                if sw == 1 {
+                                    let dst =
+                                        &mut dx_row[first as usize..first as usize + cols.len()];
+                                    for (d, &gv) in dst.iter_mut().zip(&g_row[cols.clone()]) {
+                                        *d += gv * wv;
+                                    }
+                                } else {
+                                    for (i, &gv) in g_row[cols.clone()].iter().enumerate() {
+                                        dx_row[first as usize + i * sw] += gv * wv;
+                                    }
+                                }
                             }
                         }
-                    }
-                }
+                    },
+                );
             });
         out
     }
@@ -506,29 +593,34 @@ impl Planes {
         let partial: Vec<Vec<f64>> = (0..self.count)
             .into_par_iter()
             .map(|plane| {
-                let xp = &x[plane * h * w..(plane + 1) * h * w];
-                let g = &grad[plane * oh_n * ow_n..(plane + 1) * oh_n * ow_n];
-                let mut acc = vec![0.0f64; taps];
-                for (kh, kw, rows, cols, row, col) in self.taps() {
-                    let mut sum = 0.0f64;
-                    for oh in rows {
-                        let ih = ((oh * sh) as isize + row) as usize;
-                        let g_row = &g[oh * ow_n + cols.start..oh * ow_n + cols.end];
-                        let x_row = &xp[ih * w..(ih + 1) * w];
-                        let first = ((cols.start * sw) as isize + col) as usize;
-                        sum += f64::from(if sw == 1 {
-                            dot(g_row, &x_row[first..first + cols.len()])
-                        } else {
-                            g_row
-                                .iter()
-                                .enumerate()
-                                .map(|(i, &gv)| gv * x_row[first + i * sw])
-                                .sum::<f32>()
-                        });
-                    }
-                    acc[kh * self.kernel[1] + kw] = sum;
-                }
-                acc
+                simd::dispatch(
+                    #[inline(always)]
+                    || {
+                        let xp = &x[plane * h * w..(plane + 1) * h * w];
+                        let g = &grad[plane * oh_n * ow_n..(plane + 1) * oh_n * ow_n];
+                        let mut acc = vec![0.0f64; taps];
+                        for (kh, kw, rows, cols, row, col) in self.taps() {
+                            let mut sum = 0.0f64;
+                            for oh in rows {
+                                let ih = ((oh * sh) as isize + row) as usize;
+                                let g_row = &g[oh * ow_n + cols.start..oh * ow_n + cols.end];
+                                let x_row = &xp[ih * w..(ih + 1) * w];
+                                let first = ((cols.start * sw) as isize + col) as usize;
+                                sum += f64::from(if sw == 1 {
+                                    dot(g_row, &x_row[first..first + cols.len()])
+                                } else {
+                                    g_row
+                                        .iter()
+                                        .enumerate()
+                                        .map(|(i, &gv)| gv * x_row[first + i * sw])
+                                        .sum::<f32>()
+                                });
+                            }
+                            acc[kh * self.kernel[1] + kw] = sum;
+                        }
+                        acc
+                    },
+                )
             })
             .collect();
         let mut out = vec![0.0f32; self.channels * taps];
@@ -546,6 +638,7 @@ impl Planes {
 }
 
 /// A dot product in eight lanes, so the compiler can vectorise it.
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut lanes = [0.0f32; 8];
     let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -650,5 +743,43 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Dense (several bands and partial sums) and depthwise convolutions give bit-identical
+    /// outputs and gradients with 1 and 3 threads.
+    #[test]
+    fn results_do_not_depend_on_the_thread_count() {
+        let device = Device::flex().autodiff();
+        device.seed(11);
+        let x = Tensor::<4>::random([3, 8, 37, 41], Distribution::Normal(0.0, 1.0), &device);
+        let dense = Tensor::<4>::random([12, 8, 3, 3], Distribution::Normal(0.0, 1.0), &device);
+        let depthwise = Tensor::<4>::random([8, 1, 5, 5], Distribution::Normal(0.0, 1.0), &device);
+        let run = || {
+            let (x, dense, depthwise) = (
+                x.clone().require_grad(),
+                dense.clone().require_grad(),
+                depthwise.clone().require_grad(),
+            );
+            let same = ConvOptions::new_with_padding([1, 1], [(1, 1), (1, 1)], [1, 1], 1);
+            let strided = ConvOptions::new_with_padding([2, 2], [(1, 2), (1, 2)], [1, 1], 8);
+            let a = conv2d(x.clone(), dense.clone(), None, same);
+            let b = conv2d(x.clone(), depthwise.clone(), None, strided);
+            let grads = ((a.clone() * a.clone()).sum() + (b.clone() * b.clone()).sum()).backward();
+            let values = |t: Tensor<4>| -> Vec<f32> { t.to_data().iter().collect() };
+            [
+                values(a),
+                values(b),
+                values(x.grad(&grads).expect("x grad")),
+                values(dense.grad(&grads).expect("dense grad")),
+                values(depthwise.grad(&grads).expect("depthwise grad")),
+            ]
+        };
+        let pool = |threads| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("a pool")
+        };
+        assert_eq!(pool(1).install(run), pool(3).install(run));
     }
 }

@@ -6,7 +6,8 @@
 //! convolution whose column buffer is scattered into the output one element at a time. Here one
 //! task per (sample, band of output rows) gathers that band's columns straight from NCHW (whole
 //! rows at a time where the stride is 1), one matrix product `W · columns` gives the band of
-//! every output channel, and the bands are copied into the output planes. The input gradient of a stride-1 convolution is
+//! every output channel, and the bands are copied into the output planes. The weight gradient
+//! multiplies each band's output gradient by the same columns, transposed. The input gradient of a stride-1 convolution is
 //! the convolution of the output gradient with the flipped, transposed kernel, so it takes the
 //! same path. The bands do not depend on the number of threads and each output element is one dot
 //! product, so neither do the results.
@@ -14,11 +15,11 @@
 use burn::backend::Flex;
 use burn::backend::flex::FlexTensor;
 use burn::backend::ops::{ConvOptions, FloatTensorOps};
-use burn::tensor::{DType, TensorData};
+use burn::tensor::{DType, Slice, TensorData};
 use rayon::prelude::*;
 
 use super::conv::valid_outputs;
-use super::flex::f32s;
+use super::flex::{f32s, zeros};
 
 /// The largest column buffer of one band, in elements (4 MiB of f32: it stays in cache).
 const BAND_ELEMENTS: usize = 1 << 20;
@@ -121,32 +122,31 @@ impl Dense {
         let [(top, _), (left, _)] = self.padding;
         let (h, w, ow_n) = (self.height, self.width, self.out_width);
         let band = rows.len() * ow_n;
-        let mut cols = vec![0.0f32; self.c_in * self.taps() * band];
-        for (row, dst) in cols.chunks_mut(band).enumerate() {
+        // Every element is written once, in order (no zero fill first).
+        let mut cols = Vec::with_capacity(self.c_in * self.taps() * band);
+        for row in 0..self.c_in * self.taps() {
             let ci = row / self.taps();
             let (i, j) = ((row % self.taps()) / kw_n, row % kw_n);
             let plane = &x[(n * self.c_in + ci) * h * w..][..h * w];
             let col_offset = (j * dw) as isize - left as isize;
             let cols_ok = valid_outputs(col_offset, sw, w, ow_n);
-            if cols_ok.is_empty() {
-                continue;
-            }
             let row_offset = (i * dh) as isize - top as isize;
-            let first = ((cols_ok.start * sw) as isize + col_offset) as usize;
-            for (r, oh) in rows.clone().enumerate() {
+            let first = ((cols_ok.start * sw) as isize + col_offset).max(0) as usize;
+            for oh in rows.clone() {
                 let ih = (oh * sh) as isize + row_offset;
-                if ih < 0 || ih >= h as isize {
+                let end = cols.len() + ow_n;
+                if cols_ok.is_empty() || ih < 0 || ih >= h as isize {
+                    cols.resize(end, 0.0);
                     continue;
                 }
                 let src = &plane[ih as usize * w..][..w];
-                let out = &mut dst[r * ow_n..][..ow_n];
+                cols.resize(cols.len() + cols_ok.start, 0.0);
                 if sw == 1 {
-                    out[cols_ok.clone()].copy_from_slice(&src[first..][..cols_ok.len()]);
+                    cols.extend_from_slice(&src[first..][..cols_ok.len()]);
                 } else {
-                    for (k, o) in out[cols_ok.clone()].iter_mut().enumerate() {
-                        *o = src[first + k * sw];
-                    }
+                    cols.extend((0..cols_ok.len()).map(|k| src[first + k * sw]));
                 }
+                cols.resize(end, 0.0);
             }
         }
         cols
@@ -171,7 +171,7 @@ impl Dense {
                 Flex::float_matmul(weight.clone(), cols)
             })
             .collect();
-        let mut out = vec![0.0f32; self.batch * self.c_out * oh_n * ow_n];
+        let mut out = zeros(self.batch * self.c_out * oh_n * ow_n);
         out.par_chunks_mut(oh_n * ow_n)
             .enumerate()
             .for_each(|(plane, dst)| {
@@ -181,6 +181,65 @@ impl Dense {
                     let band = (((b + 1) * band_rows).min(oh_n) - b * band_rows) * ow_n;
                     let product = f32s(&products[n * bands + b]);
                     dst[start..][..band].copy_from_slice(&product[co * band..][..band]);
+                }
+            });
+        out
+    }
+}
+
+impl Dense {
+    /// The weight gradient `Σₙ Σ_(oh,ow) dy[n, co, oh, ow] · x[n, ci, oh·sh + i·dh − top, …]`
+    /// through the same (sample, band) columns as the forward pass: one matrix product
+    /// `dy_band · columnsᵀ` per band, accumulated in a fixed number of groups of consecutive bands
+    /// (each group in band order), and the groups summed in a fixed order. Neither the grouping
+    /// nor the order depends on the number of threads.
+    fn weight_grad(&self, x: &[f32], grad: FlexTensor) -> Vec<f32> {
+        let k = self.c_in * self.taps();
+        let (oh_n, ow_n) = (self.out_height, self.out_width);
+        let band_rows = self.band_rows();
+        let bands = oh_n.div_ceil(band_rows);
+        let tasks = self.batch * bands;
+        let size = self.c_out * k;
+        // At most MIN_TASKS partial sums, and at most 64 MiB of them.
+        let groups = tasks
+            .min(MIN_TASKS)
+            .min(((16usize << 20) / size.max(1)).max(1));
+        let grad = Flex::float_reshape(grad, [self.batch, self.c_out, oh_n * ow_n].into());
+        let partials: Vec<Vec<f32>> = (0..groups)
+            .into_par_iter()
+            .map(|group| {
+                let mut sum = vec![0.0f32; size];
+                for task in group * tasks / groups..(group + 1) * tasks / groups {
+                    let (n, b) = (task / bands, task % bands);
+                    let rows = b * band_rows..((b + 1) * band_rows).min(oh_n);
+                    let band = rows.len() * ow_n;
+                    let cols = self.columns(x, n, rows.clone());
+                    let cols = FlexTensor::from_data(TensorData::new(cols, [1, k, band]));
+                    let dy = Flex::float_slice(
+                        grad.clone(),
+                        &[
+                            Slice::from(n..n + 1),
+                            Slice::from(..),
+                            Slice::from(rows.start * ow_n..rows.end * ow_n),
+                        ],
+                    );
+                    let product = Flex::float_matmul(dy, Flex::float_swap_dims(cols, 1, 2));
+                    for (s, p) in sum.iter_mut().zip(f32s(&product)) {
+                        *s += p;
+                    }
+                }
+                sum
+            })
+            .collect();
+        let mut out = vec![0.0f32; size];
+        out.par_chunks_mut(1 << 14)
+            .enumerate()
+            .for_each(|(chunk, dst)| {
+                let start = chunk << 14;
+                for partial in &partials {
+                    for (d, p) in dst.iter_mut().zip(&partial[start..]) {
+                        *d += p;
+                    }
                 }
             });
         out
@@ -204,6 +263,33 @@ pub(super) fn conv2d(
         geometry.out_width,
     ];
     Some(FlexTensor::from_data(TensorData::new(data, shape)))
+}
+
+/// The weight gradient of a dense k×k convolution, or `None` when [`Dense::new`] does not apply.
+pub(super) fn weight_grad(
+    x: &FlexTensor,
+    w: &FlexTensor,
+    grad: &FlexTensor,
+    options: &ConvOptions<2>,
+) -> Option<FlexTensor> {
+    let geometry = Dense::new(x, w, options)?;
+    let fits = grad.layout().shape().as_slice()
+        == [
+            geometry.batch,
+            geometry.c_out,
+            geometry.out_height,
+            geometry.out_width,
+        ]
+        && grad.dtype() == DType::F32;
+    if !fits {
+        return None;
+    }
+    let x = x.to_contiguous();
+    let data = geometry.weight_grad(f32s(&x), grad.clone());
+    Some(FlexTensor::from_data(TensorData::new(
+        data,
+        w.layout().shape().clone(),
+    )))
 }
 
 /// The input gradient of a dense k×k stride-1 convolution: the output gradient convolved with the

@@ -58,3 +58,15 @@ pub(crate) fn cast(t: FlexTensor, dtype: DType) -> FlexTensor {
         other => Flex::float_cast(t, other.into()),
     }
 }
+
+/// `n` zeros, written by all threads when `n` is large: a zero-filled output allocated on the
+/// calling thread is otherwise a serial memset that leaves the other cores idle.
+pub(crate) fn zeros(n: usize) -> Vec<f32> {
+    use rayon::prelude::*;
+    if n < 1 << 16 {
+        return vec![0.0; n];
+    }
+    let mut v = Vec::with_capacity(n);
+    v.par_extend(rayon::iter::repeat_n(0.0f32, n));
+    v
+}

@@ -20,7 +20,7 @@ use rayon::prelude::*;
 
 use super::activation::sigmoid;
 use super::conv::on_flex;
-use super::flex::{cast, f32_tensor, f32s, from_f32, is_exclusive, owned_f32};
+use super::flex::{cast, f32_tensor, f32s, from_f32, is_exclusive, owned_f32, zeros};
 use super::simd;
 
 /// The gate as backend operations.
@@ -66,14 +66,24 @@ impl GateBackend for Flex {
             y.storage_mut::<f32>()
                 .par_chunks_mut(plane)
                 .zip(&gates)
-                .for_each(|(p, &s)| simd::dispatch(|| simd::scale_in_place(p, s)));
+                .for_each(|(p, &s)| {
+                    simd::dispatch(
+                        #[inline(always)]
+                        || simd::scale_in_place(p, s),
+                    )
+                });
             return cast(y, dtype);
         }
-        let mut y = vec![0.0f32; shape.num_elements()];
+        let mut y = zeros(shape.num_elements());
         y.par_chunks_mut(plane)
             .zip(f32s(&x).par_chunks(plane))
             .zip(&gates)
-            .for_each(|((dst, src), &s)| simd::dispatch(|| simd::scale(src, dst, s)));
+            .for_each(|((dst, src), &s)| {
+                simd::dispatch(
+                    #[inline(always)]
+                    || simd::scale(src, dst, s),
+                )
+            });
         from_f32(y, shape.as_slice(), dtype)
     }
 
@@ -90,7 +100,10 @@ impl GateBackend for Flex {
             .zip(f32s(&g))
             .map(|((d, src), &logit)| {
                 let s = sigmoid(logit);
-                let dot = simd::dispatch(|| simd::scale_grad(src, d, s));
+                let dot = simd::dispatch(
+                    #[inline(always)]
+                    || simd::scale_grad(src, d, s),
+                );
                 (dot * f64::from(s) * f64::from(1.0 - s)) as f32
             })
             .collect();

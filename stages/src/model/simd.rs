@@ -51,13 +51,33 @@ pub(crate) fn squares(x: &[f32], mean: f64) -> f64 {
 #[inline(always)]
 pub(crate) fn affine_act(src: &[f32], dst: &mut [f32], scale: f32, shift: f32, a: Activation) {
     match a {
-        Activation::Identity => map(src, dst, |x| x * scale + shift),
-        Activation::Relu => map(src, dst, |x| (x * scale + shift).max(0.0)),
-        Activation::Relu6 => map(src, dst, |x| (x * scale + shift).clamp(0.0, 6.0)),
-        Activation::Silu => map(src, dst, |x| {
-            let z = x * scale + shift;
-            z * sigmoid(z)
-        }),
+        Activation::Identity => map(
+            src,
+            dst,
+            #[inline(always)]
+            |x| x * scale + shift,
+        ),
+        Activation::Relu => map(
+            src,
+            dst,
+            #[inline(always)]
+            |x| (x * scale + shift).max(0.0),
+        ),
+        Activation::Relu6 => map(
+            src,
+            dst,
+            #[inline(always)]
+            |x| (x * scale + shift).clamp(0.0, 6.0),
+        ),
+        Activation::Silu => map(
+            src,
+            dst,
+            #[inline(always)]
+            |x| {
+                let z = x * scale + shift;
+                z * sigmoid(z)
+            },
+        ),
     }
 }
 
@@ -65,13 +85,29 @@ pub(crate) fn affine_act(src: &[f32], dst: &mut [f32], scale: f32, shift: f32, a
 #[inline(always)]
 pub(crate) fn affine_act_in_place(y: &mut [f32], scale: f32, shift: f32, a: Activation) {
     match a {
-        Activation::Identity => map_in_place(y, |x| x * scale + shift),
-        Activation::Relu => map_in_place(y, |x| (x * scale + shift).max(0.0)),
-        Activation::Relu6 => map_in_place(y, |x| (x * scale + shift).clamp(0.0, 6.0)),
-        Activation::Silu => map_in_place(y, |x| {
-            let z = x * scale + shift;
-            z * sigmoid(z)
-        }),
+        Activation::Identity => map_in_place(
+            y,
+            #[inline(always)]
+            |x| x * scale + shift,
+        ),
+        Activation::Relu => map_in_place(
+            y,
+            #[inline(always)]
+            |x| (x * scale + shift).max(0.0),
+        ),
+        Activation::Relu6 => map_in_place(
+            y,
+            #[inline(always)]
+            |x| (x * scale + shift).clamp(0.0, 6.0),
+        ),
+        Activation::Silu => map_in_place(
+            y,
+            #[inline(always)]
+            |x| {
+                let z = x * scale + shift;
+                z * sigmoid(z)
+            },
+        ),
     }
 }
 
@@ -102,12 +138,22 @@ pub(crate) fn act_grad(
     a: Activation,
 ) -> (f64, f64) {
     match a {
-        Activation::Identity => act_grad_with(x, g, mean, inv_std, |_| 1.0, shift, scale),
+        Activation::Identity => act_grad_with(
+            x,
+            g,
+            mean,
+            inv_std,
+            #[inline(always)]
+            |_| 1.0,
+            shift,
+            scale,
+        ),
         Activation::Relu => act_grad_with(
             x,
             g,
             mean,
             inv_std,
+            #[inline(always)]
             |z| f32::from(u8::from(z > 0.0)),
             shift,
             scale,
@@ -117,6 +163,7 @@ pub(crate) fn act_grad(
             g,
             mean,
             inv_std,
+            #[inline(always)]
             |z| f32::from(u8::from(z > 0.0 && z < 6.0)),
             shift,
             scale,
@@ -126,6 +173,7 @@ pub(crate) fn act_grad(
             g,
             mean,
             inv_std,
+            #[inline(always)]
             |z| {
                 let s = sigmoid(z);
                 s + z * s * (1.0 - s)
@@ -148,14 +196,24 @@ fn act_grad_with(
 ) -> (f64, f64) {
     let mut sum_g = [0.0f64; LANES];
     let mut sum_gx = [0.0f64; LANES];
-    let step = |x: &[f32], g: &mut [f32], sum_g: &mut [f64], sum_gx: &mut [f64]| {
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn step(
+        x: &[f32],
+        g: &mut [f32],
+        sum_g: &mut [f64],
+        sum_gx: &mut [f64],
+        derivative: &impl Fn(f32) -> f32,
+        (scale, shift, mean, inv_std): (f32, f32, f32, f32),
+    ) {
         for i in 0..x.len() {
             let dz = g[i] * derivative(x[i] * scale + shift);
             g[i] = dz;
             sum_g[i] += f64::from(dz);
             sum_gx[i] += f64::from(dz) * f64::from((x[i] - mean) * inv_std);
         }
-    };
+    }
+    let p = (scale, shift, mean, inv_std);
     let whole = x.len() / LANES * LANES;
     let (x_body, x_tail) = x.split_at(whole);
     let (g_body, g_tail) = g.split_at_mut(whole);
@@ -163,10 +221,10 @@ fn act_grad_with(
         .chunks_exact(LANES)
         .zip(g_body.chunks_exact_mut(LANES))
     {
-        step(xc, gc, &mut sum_g, &mut sum_gx);
+        step(xc, gc, &mut sum_g, &mut sum_gx, &derivative, p);
     }
     let (mut tail_g, mut tail_gx) = ([0.0f64; LANES], [0.0f64; LANES]);
-    step(x_tail, g_tail, &mut tail_g, &mut tail_gx);
+    step(x_tail, g_tail, &mut tail_g, &mut tail_gx, &derivative, p);
     (
         sum_g.iter().sum::<f64>() + tail_g.iter().sum::<f64>(),
         sum_gx.iter().sum::<f64>() + tail_gx.iter().sum::<f64>(),
@@ -193,13 +251,22 @@ pub(crate) fn bn_input_grad(
 /// `y = x·s` over one plane: the squeeze-excitation gate's forward.
 #[inline(always)]
 pub(crate) fn scale(x: &[f32], y: &mut [f32], s: f32) {
-    map(x, y, |v| v * s);
+    map(
+        x,
+        y,
+        #[inline(always)]
+        |v| v * s,
+    );
 }
 
 /// `y = y·s` in place over one plane.
 #[inline(always)]
 pub(crate) fn scale_in_place(y: &mut [f32], s: f32) {
-    map_in_place(y, |v| v * s);
+    map_in_place(
+        y,
+        #[inline(always)]
+        |v| v * s,
+    );
 }
 
 /// `g = g·s` in place, returning `Σ g·x` (before scaling) in f64: the gate's backward.
