@@ -22,6 +22,7 @@ mod flex;
 mod gate;
 mod simd;
 mod unet;
+mod upsample;
 mod weights;
 
 pub use batch_norm::batch_norm_act;
@@ -37,4 +38,5 @@ pub use efficientnet::{
 };
 pub use gate::gate;
 pub use unet::{DecoderBlock, DoubleConv, Encoder, PLAIN_CHANNELS, PlainEncoder, Unet, UnetTrace};
+pub use upsample::upsample_cat;
 pub use weights::StateDictLayout;

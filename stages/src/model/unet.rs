@@ -15,6 +15,7 @@ use super::conv::conv2d_module;
 use super::efficientnet::{
     EfficientNetConfig, EfficientNetEncoder, EfficientNetVariant, feature_channels,
 };
+use super::upsample::upsample_cat;
 use crate::Result;
 
 /// Widths of the plain encoder's levels, shallowest first.
@@ -102,13 +103,12 @@ impl DecoderBlock {
     /// `size` is the skip's height and width (the input's for the last block). Upsampling to a
     /// size rather than by 2 is what lets odd input sizes through, as in SMP 0.6.
     pub fn forward(&self, x: Tensor<4>, skip: Option<Tensor<4>>, size: [usize; 2]) -> Tensor<4> {
-        let x = interpolate(
-            x,
-            InterpolateOptions::new(InterpolateMode::Nearest).with_output_size(size),
-        );
         let x = match skip {
-            Some(skip) => Tensor::cat(vec![x, skip], 1),
-            None => x,
+            Some(skip) => upsample_cat(x, skip, size),
+            None => interpolate(
+                x,
+                InterpolateOptions::new(InterpolateMode::Nearest).with_output_size(size),
+            ),
         };
         self.conv2.forward(self.conv1.forward(x))
     }
