@@ -19,7 +19,8 @@
 # Usage: bench/model.sh [WORKDIR]
 #   env: ROUNDS (default 1), STEPS (default 5), WARMUP (default 2), ROWS (default: all rows, as
 #        "encoder:size:mode:batch" words), THREADS (default: number of cores), PYTHON (default
-#        python3), CARGO_TARGET_DIR (honoured).
+#        python3), PROFILE (cargo profile, default release; release-lto for LTO and one codegen
+#        unit), CARGO_TARGET_DIR (honoured).
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -36,19 +37,18 @@ threads=${THREADS:-$(nproc)}
   echo "bench/model.sh needs PyTorch and SMP: pip install torch segmentation-models-pytorch" >&2
   exit 2
 }
-(cd "$repo" && cargo build --release --quiet -p covseg-stages --features model --example model_bench)
-bench="${CARGO_TARGET_DIR:-$repo/target}/release/examples/model_bench"
+profile=${PROFILE:-release}
+(cd "$repo" && cargo build --profile "$profile" --quiet -p covseg-stages --features model --example model_bench)
+bench="${CARGO_TARGET_DIR:-$repo/target}/$profile/examples/model_bench"
 reference="$repo/bench/model_reference.py"
 echo "workdir: $work; $(nproc) cores, $threads threads; $("$python" -c 'import torch, segmentation_models_pytorch as smp; print("torch", torch.__version__, "smp", smp.__version__)')"
 
 results="$work/results.jsonl"
 : > "$results"
-: > "$work/cpu.jsonl"
 for round in $(seq "$rounds"); do
   for row in $rows; do
     IFS=: read -r encoder size mode batch <<< "$row"
-    RAYON_NUM_THREADS=$threads /usr/bin/time -f '{"tool":"covseg","cpu_s":%U,"wall_s":%e}' -a -o "$work/cpu.jsonl" \
-      "$bench" --encoder "$encoder" --sizes "$size" --modes "$mode" --batch "$batch" \
+    RAYON_NUM_THREADS=$threads "$bench" --encoder "$encoder" --sizes "$size" --modes "$mode" --batch "$batch" \
       --steps "$steps" --warmup "$warmup" >> "$results"
     MALLOC_MMAP_THRESHOLD_=1000000000 MALLOC_TRIM_THRESHOLD_=1000000000 \
       "$python" "$reference" --threads "$threads" --encoder "$encoder" --sizes "$size" \
@@ -57,21 +57,18 @@ for round in $(seq "$rounds"); do
   echo "round $round of $rounds done (load average $(cut -d' ' -f1-3 /proc/loadavg))" >&2
 done
 
-"$python" - "$results" "$rows" "$work/cpu.jsonl" <<'PY'
+"$python" - "$results" "$rows" <<'PY'
 import json, statistics, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
 words = sys.argv[2].split()
-# One /usr/bin/time record per covseg process, in row order, round after round: the cores it kept
-# busy on average (user CPU seconds / wall seconds, set-up and warm-up included).
-cpu = [json.loads(line) for line in open(sys.argv[3])]
-cores = {w: statistics.median(c["cpu_s"] / c["wall_s"] for c in cpu[i::len(words)]) for i, w in enumerate(words)}
 def pick(tool, encoder, mode, size, batch, key):
     values = [r[key] for r in rows if r["tool"] == tool and r["encoder"] == encoder
               and r["mode"] == mode and r["size"] == size and r["batch"] == batch]
     return statistics.median(values)
 print()
-print("| measurement | covseg (img/s) | PyTorch (img/s) | covseg / PyTorch | peak MiB covseg | peak MiB PyTorch | covseg cores busy |")
-print("|---|---|---|---|---|---|---|")
+# Cores busy: CPU seconds / wall seconds of the timed steps (all threads; warm-up excluded).
+print("| measurement | covseg (img/s) | PyTorch (img/s) | covseg / PyTorch | peak MiB covseg | peak MiB PyTorch | cores busy covseg | cores busy PyTorch |")
+print("|---|---|---|---|---|---|---|---|")
 for word in words:
     encoder, size, mode, batch = word.split(":")
     size, batch = int(size), int(batch)
@@ -80,6 +77,8 @@ for word in words:
     name = {"efficientnet-b0": "B0", "efficientnet-lite0": "Lite0"}.get(encoder, encoder)
     print(f"| {name} {mode} {size}² batch {batch} | {ours:.3f} | {theirs:.3f} | {ours / theirs:.2f}× "
           f"| {pick('covseg', encoder, mode, size, batch, 'peak_mib'):.0f} "
-          f"| {pick('pytorch', encoder, mode, size, batch, 'peak_mib'):.0f} | {cores[word]:.2f} |")
+          f"| {pick('pytorch', encoder, mode, size, batch, 'peak_mib'):.0f} "
+          f"| {pick('covseg', encoder, mode, size, batch, 'cores_busy'):.2f} "
+          f"| {pick('pytorch', encoder, mode, size, batch, 'cores_busy'):.2f} |")
 print(f"\nraw results: {sys.argv[1]}")
 PY

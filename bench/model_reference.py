@@ -62,12 +62,13 @@ def bench(size, batch, train, steps, warmup, model, device):
     for _ in range(warmup):
         step()
     sync(device)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for _ in range(steps):
         step()
     sync(device)
     elapsed = time.perf_counter() - start
-    return steps * batch / elapsed
+    # process_time covers every thread of the process: the cores kept busy on average.
+    return steps * batch / elapsed, (time.process_time() - cpu) / elapsed
 
 
 def main():
@@ -90,10 +91,10 @@ def main():
             if ("train" if train else "infer") not in args.modes:
                 continue
             batch = args.batch or default_batch
-            ips = bench(size, batch, train, args.steps, args.warmup, model, device)
+            ips, cores = bench(size, batch, train, args.steps, args.warmup, model, device)
             print(json.dumps({"tool": "pytorch", "encoder": args.encoder, "mode": "train" if train else "infer", "size": size,
                               "batch": batch, "images_per_s": round(ips, 3), "peak_mib": round(peak_mib(), 1),
-                              "device": args.device}),
+                              "cores_busy": round(cores, 2), "device": args.device}),
                   flush=True)
 
 

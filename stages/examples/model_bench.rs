@@ -81,6 +81,31 @@ fn peak_mib() -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
+/// CPU seconds this process has used (user + system, all threads), from `/proc/self/stat`, whose
+/// times are in USER_HZ ticks: 100 per second on every Linux ABI.
+fn cpu_seconds() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name (which is in parentheses and may hold spaces).
+            let rest = s.rsplit_once(')')?.1;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let ticks = |i: usize| fields.get(i)?.parse::<f64>().ok();
+            Some((ticks(11)? + ticks(12)?) / 100.0)
+        })
+        .unwrap_or(f64::NAN)
+}
+
+/// Images per second and the cores kept busy on average (CPU seconds / wall seconds) over
+/// `steps` calls of `step` after `warmup`.
+fn measure(steps: usize, warmup: usize, images: usize, mut step: impl FnMut(usize)) -> (f64, f64) {
+    step(warmup);
+    let (start, cpu) = (Instant::now(), cpu_seconds());
+    step(steps);
+    let wall = start.elapsed().as_secs_f64();
+    ((steps * images) as f64 / wall, (cpu_seconds() - cpu) / wall)
+}
+
 fn bench_train(
     config: &UnetConfig,
     device: &Device,
@@ -88,7 +113,7 @@ fn bench_train(
     batch: usize,
     steps: usize,
     warmup: usize,
-) -> f64 {
+) -> (f64, f64) {
     let device = device.clone().autodiff();
     device.seed(0);
     let mut model = config.init(&device).expect("valid config");
@@ -106,7 +131,7 @@ fn bench_train(
     .greater_elem(0.9)
     .float();
     let loss = LossConfig::default();
-    let mut run = |n: usize| {
+    let run = |n: usize| {
         let mut last = None;
         for _ in 0..n {
             let l = segmentation_loss(model.forward(x.clone()), y.clone(), &loss);
@@ -120,10 +145,7 @@ fn bench_train(
             let _ = l.into_scalar::<f32>();
         }
     };
-    run(warmup);
-    let start = Instant::now();
-    run(steps);
-    (steps * batch) as f64 / start.elapsed().as_secs_f64()
+    measure(steps, warmup, batch, run)
 }
 
 fn bench_infer(
@@ -133,7 +155,7 @@ fn bench_infer(
     batch: usize,
     steps: usize,
     warmup: usize,
-) -> f64 {
+) -> (f64, f64) {
     let device = device.clone();
     device.seed(0);
     let model = config.init(&device).expect("valid config");
@@ -148,10 +170,7 @@ fn bench_infer(
             let _ = out.into_data();
         }
     };
-    run(warmup);
-    let start = Instant::now();
-    run(steps);
-    (steps * batch) as f64 / start.elapsed().as_secs_f64()
+    measure(steps, warmup, batch, run)
 }
 
 fn main() {
@@ -179,7 +198,7 @@ fn main() {
     };
     for &size in &args.sizes {
         for mode in &args.modes {
-            let (ips, batch) = match mode.as_str() {
+            let ((ips, cores), batch) = match mode.as_str() {
                 "train" => {
                     let batch = args.batch.unwrap_or(4);
                     let ips = bench_train(&config, &device, size, batch, args.steps, args.warmup);
@@ -206,6 +225,7 @@ fn main() {
                     "batch": batch,
                     "images_per_s": (ips * 1000.0).round() / 1000.0,
                     "peak_mib": (peak_mib() * 10.0).round() / 10.0,
+                    "cores_busy": (cores * 100.0).round() / 100.0,
                 })
             );
         }

@@ -508,33 +508,49 @@ impl Planes {
         })
     }
 
-    /// `y[p, oh, ow] = Σ_taps w[c, tap] · x[p, oh·sh + row, ow·sw + col]`, taps in order.
+    /// The taps, each with its index in the kernel, once per convolution.
+    fn tap_list(&self) -> Vec<Tap> {
+        self.taps()
+            .map(|(kh, kw, rows, cols, row, col)| Tap {
+                index: kh * self.kernel[1] + kw,
+                rows,
+                cols,
+                row,
+                col,
+            })
+            .collect()
+    }
+
+    /// `y[p, oh, ow] = Σ_taps w[c, tap] · x[p, oh·sh + row, ow·sw + col]`, taps in order. Row
+    /// by row, every tap: an output row stays in L1 while all taps add into it.
     fn forward(&self, x: &[f32], weight: &[f32]) -> Vec<f32> {
         let (h, w, oh_n, ow_n) = (self.height, self.width, self.out_height, self.out_width);
         let taps = self.kernel[0] * self.kernel[1];
         let [sh, sw] = self.stride;
+        let tap_list = self.tap_list();
         let mut out = zeros(self.count * oh_n * ow_n);
         out.par_chunks_mut((oh_n * ow_n).max(1))
             .enumerate()
             .for_each(|(plane, y)| {
                 let c = plane % self.channels;
                 let xp = &x[plane * h * w..(plane + 1) * h * w];
+                let wc = &weight[c * taps..(c + 1) * taps];
                 simd::dispatch(
                     #[inline(always)]
                     || {
-                        for (kh, kw, rows, cols, row, col) in self.taps() {
-                            let wv = weight[c * taps + kh * self.kernel[1] + kw];
-                            for oh in rows {
-                                let ih = ((oh * sh) as isize + row) as usize;
+                        for (oh, y_row) in y.chunks_mut(ow_n.max(1)).enumerate() {
+                            for t in tap_list.iter().filter(|t| t.rows.contains(&oh)) {
+                                let wv = wc[t.index];
+                                let ih = ((oh * sh) as isize + t.row) as usize;
                                 let x_row = &xp[ih * w..(ih + 1) * w];
-                                let y_row = &mut y[oh * ow_n + cols.start..oh * ow_n + cols.end];
-                                let first = ((cols.start * sw) as isize + col) as usize;
+                                let dst = &mut y_row[t.cols.clone()];
+                                let first = ((t.cols.start * sw) as isize + t.col) as usize;
                                 if sw == 1 {
-                                    for (d, &v) in y_row.iter_mut().zip(&x_row[first..]) {
+                                    for (d, &v) in dst.iter_mut().zip(&x_row[first..]) {
                                         *d += v * wv;
                                     }
                                 } else {
-                                    for (i, d) in y_row.iter_mut().enumerate() {
+                                    for (i, d) in dst.iter_mut().enumerate() {
                                         *d += x_row[first + i * sw] * wv;
                                     }
                                 }
@@ -546,35 +562,44 @@ impl Planes {
         out
     }
 
+    /// `dx[p, ih, iw] = Σ_taps w[c, tap] · dy[p, oh, ow]` over the outputs that read it, input
+    /// row by input row, taps in order.
     fn x_grad(&self, weight: &[f32], grad: &[f32]) -> Vec<f32> {
         let (h, w, oh_n, ow_n) = (self.height, self.width, self.out_height, self.out_width);
         let taps = self.kernel[0] * self.kernel[1];
         let [sh, sw] = self.stride;
+        let tap_list = self.tap_list();
         let mut out = zeros(self.count * h * w);
-        out.par_chunks_mut(h * w)
+        out.par_chunks_mut((h * w).max(1))
             .enumerate()
             .for_each(|(plane, dx)| {
                 let c = plane % self.channels;
                 let g = &grad[plane * oh_n * ow_n..(plane + 1) * oh_n * ow_n];
+                let wc = &weight[c * taps..(c + 1) * taps];
                 simd::dispatch(
                     #[inline(always)]
                     || {
-                        for (kh, kw, rows, cols, row, col) in self.taps() {
-                            let wv = weight[c * taps + kh * self.kernel[1] + kw];
-                            for oh in rows {
-                                let ih = (oh * sh) as isize + row;
-                                let g_row = &g[oh * ow_n..(oh + 1) * ow_n];
-                                let dx_row = &mut dx[ih as usize * w..(ih as usize + 1) * w];
-                                let first = (cols.start * sw) as isize + col;
+                        for (ih, dx_row) in dx.chunks_mut(w.max(1)).enumerate() {
+                            for t in &tap_list {
+                                let d = ih as isize - t.row;
+                                if d < 0 || d % sh as isize != 0 {
+                                    continue;
+                                }
+                                let oh = (d / sh as isize) as usize;
+                                if !t.rows.contains(&oh) {
+                                    continue;
+                                }
+                                let wv = wc[t.index];
+                                let g_row = &g[oh * ow_n + t.cols.start..oh * ow_n + t.cols.end];
+                                let first = ((t.cols.start * sw) as isize + t.col) as usize;
                                 if sw == 1 {
-                                    let dst =
-                                        &mut dx_row[first as usize..first as usize + cols.len()];
-                                    for (d, &gv) in dst.iter_mut().zip(&g_row[cols.clone()]) {
+                                    let dst = &mut dx_row[first..first + g_row.len()];
+                                    for (d, &gv) in dst.iter_mut().zip(g_row) {
                                         *d += gv * wv;
                                     }
                                 } else {
-                                    for (i, &gv) in g_row[cols.clone()].iter().enumerate() {
-                                        dx_row[first as usize + i * sw] += gv * wv;
+                                    for (i, &gv) in g_row.iter().enumerate() {
+                                        dx_row[first + i * sw] += gv * wv;
                                     }
                                 }
                             }
@@ -585,11 +610,13 @@ impl Planes {
         out
     }
 
+    /// `dw[c, tap] = Σ_(n, oh, ow) dy · x`, per plane output row by output row (each tap's sum
+    /// in row order), then over the batch in order: the result does not depend on threads.
     fn weight_grad(&self, x: &[f32], grad: &[f32]) -> Vec<f32> {
         let (h, w, oh_n, ow_n) = (self.height, self.width, self.out_height, self.out_width);
         let taps = self.kernel[0] * self.kernel[1];
         let [sh, sw] = self.stride;
-        // Per plane, then summed over the batch in order: the result does not depend on threads.
+        let tap_list = self.tap_list();
         let partial: Vec<Vec<f64>> = (0..self.count)
             .into_par_iter()
             .map(|plane| {
@@ -599,15 +626,14 @@ impl Planes {
                         let xp = &x[plane * h * w..(plane + 1) * h * w];
                         let g = &grad[plane * oh_n * ow_n..(plane + 1) * oh_n * ow_n];
                         let mut acc = vec![0.0f64; taps];
-                        for (kh, kw, rows, cols, row, col) in self.taps() {
-                            let mut sum = 0.0f64;
-                            for oh in rows {
-                                let ih = ((oh * sh) as isize + row) as usize;
-                                let g_row = &g[oh * ow_n + cols.start..oh * ow_n + cols.end];
+                        for oh in 0..oh_n {
+                            for t in tap_list.iter().filter(|t| t.rows.contains(&oh)) {
+                                let ih = ((oh * sh) as isize + t.row) as usize;
+                                let g_row = &g[oh * ow_n + t.cols.start..oh * ow_n + t.cols.end];
                                 let x_row = &xp[ih * w..(ih + 1) * w];
-                                let first = ((cols.start * sw) as isize + col) as usize;
-                                sum += f64::from(if sw == 1 {
-                                    dot(g_row, &x_row[first..first + cols.len()])
+                                let first = ((t.cols.start * sw) as isize + t.col) as usize;
+                                acc[t.index] += f64::from(if sw == 1 {
+                                    dot(g_row, &x_row[first..first + g_row.len()])
                                 } else {
                                     g_row
                                         .iter()
@@ -616,7 +642,6 @@ impl Planes {
                                         .sum::<f32>()
                                 });
                             }
-                            acc[kh * self.kernel[1] + kw] = sum;
                         }
                         acc
                     },
@@ -635,6 +660,17 @@ impl Planes {
         }
         out
     }
+}
+
+/// One kernel tap of a depthwise convolution: its index in the kernel, the output rows and
+/// columns where it sees the input, and the input offset of output (0, 0).
+#[derive(Clone, Debug)]
+struct Tap {
+    index: usize,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+    row: isize,
+    col: isize,
 }
 
 /// A dot product in eight lanes, so the compiler can vectorise it.
