@@ -179,11 +179,8 @@ pub fn redact(text: &str) -> String {
             let hexlen = word.chars().take_while(|c| c.is_ascii_hexdigit()).count();
             let w = if hexlen == 64 {
                 format!("[key]{}", &word[64..])
-            } else if hexlen == 12
-                && word.len() == 12
-                && word.chars().any(|c| c.is_ascii_digit())
-                && word.chars().any(|c| c.is_ascii_lowercase())
-            {
+            } else if hexlen == 12 && word.len() == 12 && word.chars().any(|c| c.is_ascii_digit()) {
+                // A short key: 12 hex digits (which may all happen to be decimal digits).
                 "[short]".to_owned()
             } else if word.split_once('-').is_some_and(|(a, b)| {
                 a.len() == 13
