@@ -12,9 +12,8 @@
 //! Every reduction runs in a fixed order, so results do not depend on the number of threads.
 //!
 //! Dense k×k convolutions (forward, weight gradient, and the input gradient at stride 1) go
-//! through [`super::dense`]. Depthwise convolutions also get their forward pass here, with TF
-//! `SAME`'s asymmetric padding handled in the loop bounds (Burn would pad a copy of the input
-//! first, on one thread).
+//! through [`super::dense`], depthwise ones (forward and both gradients) through
+//! [`super::depthwise`].
 //!
 //! This is a Burn backend extension with its own autodiff step. Only flex (and autodiff over
 //! flex) has it; [`conv2d`] sends every other device to Burn's `conv2d`.
@@ -32,12 +31,10 @@ use burn::backend::{Backend, Dispatch, DispatchDevice, Flex, backend_extension};
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
 use burn::tensor::Slice;
-use burn::tensor::{DType, Device, Tensor, TensorData};
-use rayon::prelude::*;
+use burn::tensor::{Device, Tensor};
 
-use super::dense;
-use super::flex::{f32s, zeros};
-use super::simd;
+use super::flex::dims4;
+use super::{dense, depthwise};
 
 /// A bias-free 2-D convolution as a backend operation with separately overridable gradients.
 #[backend_extension(Flex, Autodiff)]
@@ -77,16 +74,8 @@ impl ConvBackend for Flex {
         if let Some(y) = dense::conv2d(&x, &weight, &options) {
             return y;
         }
-        if let Some(planes) = Planes::of_forward(&x, &weight, &options) {
-            let (xc, w) = (x.to_contiguous(), weight.to_contiguous());
-            let data = planes.forward(f32s(&xc), f32s(&w));
-            let shape = [
-                planes.count / planes.channels,
-                planes.channels,
-                planes.out_height,
-                planes.out_width,
-            ];
-            return FlexTensor::from_data(TensorData::new(data, shape));
+        if let Some(y) = depthwise::conv2d(&x, &weight, &options) {
+            return y;
         }
         Flex::conv2d(x, weight, None, options)
     }
@@ -103,14 +92,10 @@ impl ConvBackend for Flex {
         if let Some(dx) = dense::x_grad(&x, &weight, &grad, &options) {
             return dx;
         }
-        match Planes::new(&x, &weight, &grad, &options) {
-            Some(planes) => {
-                let (w, g) = (weight.to_contiguous(), grad.to_contiguous());
-                let data = planes.x_grad(f32s(&w), f32s(&g));
-                FlexTensor::from_data(TensorData::new(data, x.layout().shape().clone()))
-            }
-            None => Flex::conv2d_x_backward(x, weight, grad, options),
+        if let Some(dx) = depthwise::x_grad(&x, &weight, &grad, &options) {
+            return dx;
         }
+        Flex::conv2d_x_backward(x, weight, grad, options)
     }
 
     fn custom_conv2d_weight_grad(
@@ -119,10 +104,8 @@ impl ConvBackend for Flex {
         grad: FlexTensor,
         options: ConvOptions<2>,
     ) -> FlexTensor {
-        if let Some(planes) = Planes::new(&x, &weight, &grad, &options) {
-            let (xc, g) = (x.to_contiguous(), grad.to_contiguous());
-            let data = planes.weight_grad(f32s(&xc), f32s(&g));
-            return FlexTensor::from_data(TensorData::new(data, weight.layout().shape().clone()));
+        if let Some(dw) = depthwise::weight_grad(&x, &weight, &grad, &options) {
+            return dw;
         }
         if let Some(dw) = dense::weight_grad(&x, &weight, &grad, &options) {
             return dw;
@@ -299,10 +282,8 @@ fn pointwise_x_grad(
     grad: &FlexTensor,
     options: &ConvOptions<2>,
 ) -> Option<FlexTensor> {
-    let dims =
-        |t: &FlexTensor| -> Option<[usize; 4]> { t.layout().shape().as_slice().try_into().ok() };
     let ([b, c_in, h, w], [c_out, per_group, kh, kw], [gb, gc, oh, ow]) =
-        (dims(x)?, dims(weight)?, dims(grad)?);
+        (dims4(x)?, dims4(weight)?, dims4(grad)?);
     let pointwise = options.groups == 1
         && (kh, kw, per_group) == (1, 1, c_in)
         && options.stride == [1, 1]
@@ -388,6 +369,20 @@ fn dense_weight_grad(
     Flex::float_reshape(Flex::float_cat(taps, 2), weight_shape)
 }
 
+/// The output length of a convolution axis of `size` with `(begin, end)` padding, kernel `k`,
+/// stride `s` and dilation `d`; `None` when the kernel does not fit.
+pub(super) fn output_size(
+    size: usize,
+    (begin, end): (usize, usize),
+    k: usize,
+    s: usize,
+    d: usize,
+) -> Option<usize> {
+    (size + begin + end)
+        .checked_sub(d * (k - 1) + 1)
+        .map(|v| v / s + 1)
+}
+
 /// The outputs `o` (of `out_len`) whose input index `o·stride + offset` lies in `0..len`: where a
 /// kernel tap at that offset sees the input rather than padding.
 pub(super) fn valid_outputs(
@@ -402,294 +397,6 @@ pub(super) fn valid_outputs(
         .div_euclid(s)
         .clamp(0, out_len as isize);
     (lo as usize).min(hi as usize)..hi as usize
-}
-
-/// The geometry of one depthwise convolution, in f32 on contiguous NCHW data.
-#[derive(Debug, Clone, Copy)]
-struct Planes {
-    /// batch × channels.
-    count: usize,
-    channels: usize,
-    height: usize,
-    width: usize,
-    out_height: usize,
-    out_width: usize,
-    kernel: [usize; 2],
-    stride: [usize; 2],
-    dilation: [usize; 2],
-    padding: [usize; 2],
-}
-
-impl Planes {
-    /// `None` when the shapes are not a canonical f32 depthwise convolution (then Burn's generic
-    /// gradients are used).
-    fn new(
-        x: &FlexTensor,
-        weight: &FlexTensor,
-        grad: &FlexTensor,
-        o: &ConvOptions<2>,
-    ) -> Option<Self> {
-        let out = grad.layout().shape().as_slice().try_into().ok()?;
-        Self::with_output(x, weight, out, o).filter(|_| grad.dtype() == DType::F32)
-    }
-
-    /// The geometry for an output of shape `[gb, gc, oh, ow]`.
-    fn with_output(
-        x: &FlexTensor,
-        weight: &FlexTensor,
-        [gb, gc, oh, ow]: [usize; 4],
-        o: &ConvOptions<2>,
-    ) -> Option<Self> {
-        let dims = |t: &FlexTensor| -> Option<[usize; 4]> {
-            t.layout().shape().as_slice().try_into().ok()
-        };
-        let ([b, c, h, w], [wc, per_group, kh, kw]) = (dims(x)?, dims(weight)?);
-        let f32_only = [x, weight].iter().all(|t| t.dtype() == DType::F32);
-        let depthwise = o.groups == c && wc == c && per_group == 1 && gb == b && gc == c;
-        (f32_only && depthwise).then_some(Self {
-            count: b * c,
-            channels: c,
-            height: h,
-            width: w,
-            out_height: oh,
-            out_width: ow,
-            kernel: [kh, kw],
-            stride: o.stride,
-            dilation: o.dilation,
-            padding: o.padding_begin(),
-        })
-    }
-
-    /// The geometry of a depthwise convolution's forward pass (its output shape computed from
-    /// the options), `None` when it is not a canonical f32 depthwise convolution.
-    fn of_forward(x: &FlexTensor, weight: &FlexTensor, o: &ConvOptions<2>) -> Option<Self> {
-        let [_, _, h, w] = x.layout().shape().as_slice().try_into().ok()?;
-        let [_, _, kh, kw] = weight.layout().shape().as_slice().try_into().ok()?;
-        let out = |size: usize, (begin, end): (usize, usize), k: usize, s: usize, d: usize| {
-            (size + begin + end)
-                .checked_sub(d * (k - 1) + 1)
-                .map(|v| v / s + 1)
-        };
-        let [(top, bottom), (left, right)] = o.padding;
-        let oh = out(h, (top, bottom), kh, o.stride[0], o.dilation[0])?;
-        let ow = out(w, (left, right), kw, o.stride[1], o.dilation[1])?;
-        let [b, c] = [x.layout().shape()[0], x.layout().shape()[1]];
-        Self::with_output(x, weight, [b, c, oh, ow], o)
-    }
-
-    /// For each kernel tap: (kernel row, kernel column, output rows, output columns, input row
-    /// offset, input column offset).
-    fn taps(
-        &self,
-    ) -> impl Iterator<
-        Item = (
-            usize,
-            usize,
-            std::ops::Range<usize>,
-            std::ops::Range<usize>,
-            isize,
-            isize,
-        ),
-    > + '_ {
-        let [kh_n, kw_n] = self.kernel;
-        (0..kh_n).flat_map(move |kh| {
-            (0..kw_n).map(move |kw| {
-                let row = (kh * self.dilation[0]) as isize - self.padding[0] as isize;
-                let col = (kw * self.dilation[1]) as isize - self.padding[1] as isize;
-                (
-                    kh,
-                    kw,
-                    valid_outputs(row, self.stride[0], self.height, self.out_height),
-                    valid_outputs(col, self.stride[1], self.width, self.out_width),
-                    row,
-                    col,
-                )
-            })
-        })
-    }
-
-    /// The taps, each with its index in the kernel, once per convolution.
-    fn tap_list(&self) -> Vec<Tap> {
-        self.taps()
-            .map(|(kh, kw, rows, cols, row, col)| Tap {
-                index: kh * self.kernel[1] + kw,
-                rows,
-                cols,
-                row,
-                col,
-            })
-            .collect()
-    }
-
-    /// `y[p, oh, ow] = Σ_taps w[c, tap] · x[p, oh·sh + row, ow·sw + col]`, taps in order. Row
-    /// by row, every tap: an output row stays in L1 while all taps add into it.
-    fn forward(&self, x: &[f32], weight: &[f32]) -> Vec<f32> {
-        let (h, w, oh_n, ow_n) = (self.height, self.width, self.out_height, self.out_width);
-        let taps = self.kernel[0] * self.kernel[1];
-        let [sh, sw] = self.stride;
-        let tap_list = self.tap_list();
-        let mut out = zeros(self.count * oh_n * ow_n);
-        out.par_chunks_mut((oh_n * ow_n).max(1))
-            .enumerate()
-            .for_each(|(plane, y)| {
-                let c = plane % self.channels;
-                let xp = &x[plane * h * w..(plane + 1) * h * w];
-                let wc = &weight[c * taps..(c + 1) * taps];
-                simd::dispatch(
-                    #[inline(always)]
-                    || {
-                        for (oh, y_row) in y.chunks_mut(ow_n.max(1)).enumerate() {
-                            for t in tap_list.iter().filter(|t| t.rows.contains(&oh)) {
-                                let wv = wc[t.index];
-                                let ih = ((oh * sh) as isize + t.row) as usize;
-                                let x_row = &xp[ih * w..(ih + 1) * w];
-                                let dst = &mut y_row[t.cols.clone()];
-                                let first = ((t.cols.start * sw) as isize + t.col) as usize;
-                                if sw == 1 {
-                                    for (d, &v) in dst.iter_mut().zip(&x_row[first..]) {
-                                        *d += v * wv;
-                                    }
-                                } else {
-                                    for (i, d) in dst.iter_mut().enumerate() {
-                                        *d += x_row[first + i * sw] * wv;
-                                    }
-                                }
-                            }
-                        }
-                    },
-                )
-            });
-        out
-    }
-
-    /// `dx[p, ih, iw] = Σ_taps w[c, tap] · dy[p, oh, ow]` over the outputs that read it, input
-    /// row by input row, taps in order.
-    fn x_grad(&self, weight: &[f32], grad: &[f32]) -> Vec<f32> {
-        let (h, w, oh_n, ow_n) = (self.height, self.width, self.out_height, self.out_width);
-        let taps = self.kernel[0] * self.kernel[1];
-        let [sh, sw] = self.stride;
-        let tap_list = self.tap_list();
-        let mut out = zeros(self.count * h * w);
-        out.par_chunks_mut((h * w).max(1))
-            .enumerate()
-            .for_each(|(plane, dx)| {
-                let c = plane % self.channels;
-                let g = &grad[plane * oh_n * ow_n..(plane + 1) * oh_n * ow_n];
-                let wc = &weight[c * taps..(c + 1) * taps];
-                simd::dispatch(
-                    #[inline(always)]
-                    || {
-                        for (ih, dx_row) in dx.chunks_mut(w.max(1)).enumerate() {
-                            for t in &tap_list {
-                                let d = ih as isize - t.row;
-                                if d < 0 || d % sh as isize != 0 {
-                                    continue;
-                                }
-                                let oh = (d / sh as isize) as usize;
-                                if !t.rows.contains(&oh) {
-                                    continue;
-                                }
-                                let wv = wc[t.index];
-                                let g_row = &g[oh * ow_n + t.cols.start..oh * ow_n + t.cols.end];
-                                let first = ((t.cols.start * sw) as isize + t.col) as usize;
-                                if sw == 1 {
-                                    let dst = &mut dx_row[first..first + g_row.len()];
-                                    for (d, &gv) in dst.iter_mut().zip(g_row) {
-                                        *d += gv * wv;
-                                    }
-                                } else {
-                                    for (i, &gv) in g_row.iter().enumerate() {
-                                        dx_row[first + i * sw] += gv * wv;
-                                    }
-                                }
-                            }
-                        }
-                    },
-                );
-            });
-        out
-    }
-
-    /// `dw[c, tap] = Σ_(n, oh, ow) dy · x`, per plane output row by output row (each tap's sum
-    /// in row order), then over the batch in order: the result does not depend on threads.
-    fn weight_grad(&self, x: &[f32], grad: &[f32]) -> Vec<f32> {
-        let (h, w, oh_n, ow_n) = (self.height, self.width, self.out_height, self.out_width);
-        let taps = self.kernel[0] * self.kernel[1];
-        let [sh, sw] = self.stride;
-        let tap_list = self.tap_list();
-        let partial: Vec<Vec<f64>> = (0..self.count)
-            .into_par_iter()
-            .map(|plane| {
-                simd::dispatch(
-                    #[inline(always)]
-                    || {
-                        let xp = &x[plane * h * w..(plane + 1) * h * w];
-                        let g = &grad[plane * oh_n * ow_n..(plane + 1) * oh_n * ow_n];
-                        let mut acc = vec![0.0f64; taps];
-                        for oh in 0..oh_n {
-                            for t in tap_list.iter().filter(|t| t.rows.contains(&oh)) {
-                                let ih = ((oh * sh) as isize + t.row) as usize;
-                                let g_row = &g[oh * ow_n + t.cols.start..oh * ow_n + t.cols.end];
-                                let x_row = &xp[ih * w..(ih + 1) * w];
-                                let first = ((t.cols.start * sw) as isize + t.col) as usize;
-                                acc[t.index] += f64::from(if sw == 1 {
-                                    dot(g_row, &x_row[first..first + g_row.len()])
-                                } else {
-                                    g_row
-                                        .iter()
-                                        .enumerate()
-                                        .map(|(i, &gv)| gv * x_row[first + i * sw])
-                                        .sum::<f32>()
-                                });
-                            }
-                        }
-                        acc
-                    },
-                )
-            })
-            .collect();
-        let mut out = vec![0.0f32; self.channels * taps];
-        for c in 0..self.channels {
-            for t in 0..taps {
-                let total: f64 = (c..self.count)
-                    .step_by(self.channels)
-                    .map(|p| partial[p][t])
-                    .sum();
-                out[c * taps + t] = total as f32;
-            }
-        }
-        out
-    }
-}
-
-/// One kernel tap of a depthwise convolution: its index in the kernel, the output rows and
-/// columns where it sees the input, and the input offset of output (0, 0).
-#[derive(Clone, Debug)]
-struct Tap {
-    index: usize,
-    rows: std::ops::Range<usize>,
-    cols: std::ops::Range<usize>,
-    row: isize,
-    col: isize,
-}
-
-/// A dot product in eight lanes, so the compiler can vectorise it.
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0.0f32; 8];
-    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = a8
-        .remainder()
-        .iter()
-        .zip(b8.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in a8.zip(b8) {
-        for i in 0..8 {
-            lanes[i] += x[i] * y[i];
-        }
-    }
-    lanes.iter().sum::<f32>() + tail
 }
 
 #[cfg(test)]
@@ -762,6 +469,22 @@ mod tests {
                     bias.grad(&grads).expect("bias grad").into_data(),
                 ]
             };
+            // The fast paths take these cases (else this would compare Burn with itself).
+            let flex = |t: &Tensor<4>| FlexTensor::from_data(t.to_data());
+            let (xf, wf, gf) = (flex(&x), flex(&w), flex(&up));
+            if groups == 1 && k > 1 {
+                assert!(dense::conv2d(&xf, &wf, &options).is_some());
+                assert!(dense::weight_grad(&xf, &wf, &gf, &options).is_some());
+                assert_eq!(
+                    dense::x_grad(&xf, &wf, &gf, &options).is_some(),
+                    stride == [1, 1]
+                );
+            }
+            if groups == c_in && c_out == c_in {
+                assert!(depthwise::conv2d(&xf, &wf, &options).is_some());
+                assert!(depthwise::x_grad(&xf, &wf, &gf, &options).is_some());
+                assert!(depthwise::weight_grad(&xf, &wf, &gf, &options).is_some());
+            }
             let (theirs, ours) = (run(false), run(true));
             for (name, (a, b)) in ["output", "x grad", "w grad", "bias grad"]
                 .iter()

@@ -18,8 +18,8 @@ use burn::backend::ops::{ConvOptions, FloatTensorOps};
 use burn::tensor::{DType, Slice, TensorData};
 use rayon::prelude::*;
 
-use super::conv::valid_outputs;
-use super::flex::{f32s, zeros};
+use super::conv::{output_size, valid_outputs};
+use super::flex::{dims4, f32s, zeros};
 
 /// The largest column buffer of one band, in elements (4 MiB of f32: it stays in cache).
 const BAND_ELEMENTS: usize = 1 << 20;
@@ -48,10 +48,7 @@ impl Dense {
     /// `None` unless `x` and `w` are 4-D f32, `groups == 1` and the kernel is larger than 1×1
     /// (flex multiplies 1×1 convolutions directly already).
     fn new(x: &FlexTensor, w: &FlexTensor, options: &ConvOptions<2>) -> Option<Self> {
-        let dims = |t: &FlexTensor| -> Option<[usize; 4]> {
-            t.layout().shape().as_slice().try_into().ok()
-        };
-        let ([batch, c_in, height, width], [c_out, per_group, kh, kw]) = (dims(x)?, dims(w)?);
+        let ([batch, c_in, height, width], [c_out, per_group, kh, kw]) = (dims4(x)?, dims4(w)?);
         let usable = options.groups == 1
             && per_group == c_in
             && kh * kw > 1
@@ -62,19 +59,15 @@ impl Dense {
         if !usable {
             return None;
         }
-        let out = |size: usize, (begin, end): (usize, usize), k: usize, s: usize, d: usize| {
-            let span = d * (k - 1) + 1;
-            (size + begin + end).checked_sub(span).map(|v| v / s + 1)
-        };
         let [(top, bottom), (left, right)] = options.padding;
-        let out_height = out(
+        let out_height = output_size(
             height,
             (top, bottom),
             kh,
             options.stride[0],
             options.dilation[0],
         )?;
-        let out_width = out(
+        let out_width = output_size(
             width,
             (left, right),
             kw,
@@ -94,6 +87,12 @@ impl Dense {
             out_height,
             out_width,
         })
+    }
+
+    /// Whether `grad` can be this convolution's output gradient: f32, of the output's shape.
+    fn is_output_gradient(&self, grad: &FlexTensor) -> bool {
+        grad.dtype() == DType::F32
+            && dims4(grad) == Some([self.batch, self.c_out, self.out_height, self.out_width])
     }
 
     fn taps(&self) -> usize {
@@ -272,18 +271,7 @@ pub(super) fn weight_grad(
     grad: &FlexTensor,
     options: &ConvOptions<2>,
 ) -> Option<FlexTensor> {
-    let geometry = Dense::new(x, w, options)?;
-    let fits = grad.layout().shape().as_slice()
-        == [
-            geometry.batch,
-            geometry.c_out,
-            geometry.out_height,
-            geometry.out_width,
-        ]
-        && grad.dtype() == DType::F32;
-    if !fits {
-        return None;
-    }
+    let geometry = Dense::new(x, w, options).filter(|g| g.is_output_gradient(grad))?;
     let x = x.to_contiguous();
     let data = geometry.weight_grad(f32s(&x), grad.clone());
     Some(FlexTensor::from_data(TensorData::new(
@@ -308,14 +296,7 @@ pub(super) fn x_grad(
         && forward.dilation == [1, 1]
         && top.max(bottom) < kh
         && left.max(right) < kw
-        && grad.layout().shape().as_slice()
-            == [
-                forward.batch,
-                forward.c_out,
-                forward.out_height,
-                forward.out_width,
-            ]
-        && grad.dtype() == DType::F32;
+        && forward.is_output_gradient(grad);
     if !fits {
         return None;
     }

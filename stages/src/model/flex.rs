@@ -38,6 +38,11 @@ pub(crate) fn owned_f32(t: FlexTensor) -> FlexTensor {
     }
 }
 
+/// The shape of a 4-D tensor, `None` for any other rank.
+pub(crate) fn dims4(t: &FlexTensor) -> Option<[usize; 4]> {
+    t.layout().shape().as_slice().try_into().ok()
+}
+
 /// The elements of a contiguous f32 tensor.
 pub(crate) fn f32s(t: &FlexTensor) -> &[f32] {
     t.as_slice::<f32>().expect("a contiguous f32 tensor")

@@ -17,6 +17,7 @@ mod blocks;
 mod config;
 mod conv;
 mod dense;
+mod depthwise;
 mod efficientnet;
 mod flex;
 mod gate;

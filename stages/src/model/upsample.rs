@@ -44,16 +44,7 @@ pub trait UpsampleBackend: Backend {
 /// `cat([interpolate_nearest(x, size), skip], 1)`, fused on flex. The same result as Burn's
 /// `interpolate` (nearest: source index `⌊o · in / out⌋`) followed by `Tensor::cat`.
 pub fn upsample_cat(x: Tensor<4>, skip: Tensor<4>, size: [usize; 2]) -> Tensor<4> {
-    let [n, _, h, w] = x.dims();
-    let [sn, _, sh, sw] = skip.dims();
-    let fused = on_flex(&x.device())
-        && x.dtype() == DType::F32
-        && skip.dtype() == DType::F32
-        && n == sn
-        && [sh, sw] == size
-        && h > 0
-        && w > 0;
-    if !fused {
+    if !fuses(&x, &skip, size) {
         let up = interpolate(
             x,
             InterpolateOptions::new(InterpolateMode::Nearest).with_output_size(size),
@@ -65,6 +56,19 @@ pub fn upsample_cat(x: Tensor<4>, skip: Tensor<4>, size: [usize; 2]) -> Tensor<4
         skip.into_dispatch(),
         size,
     ))
+}
+
+/// Whether [`upsample_cat`] takes the fused kernel for these inputs.
+fn fuses(x: &Tensor<4>, skip: &Tensor<4>, size: [usize; 2]) -> bool {
+    let [n, _, h, w] = x.dims();
+    let [sn, _, sh, sw] = skip.dims();
+    on_flex(&x.device())
+        && x.dtype() == DType::F32
+        && skip.dtype() == DType::F32
+        && n == sn
+        && [sh, sw] == size
+        && h > 0
+        && w > 0
 }
 
 /// `map[o]`: the input index nearest-neighbour upsampling reads for output index `o`, as Burn
@@ -242,6 +246,10 @@ mod tests {
                 [n, c1 + c2, size[0], size[1]],
                 Distribution::Normal(0.0, 1.0),
                 &device,
+            );
+            assert!(
+                fuses(&x, &skip, size),
+                "the kernel, not Burn's ops, is under test"
             );
             let run = |ours: bool| {
                 let (x, skip) = (x.clone().require_grad(), skip.clone().require_grad());
