@@ -388,9 +388,12 @@ fn write_report(
                     .mapv(|l| if l == 1 || l == 2 { l } else { 0 });
                 let none = ndarray::Array2::<u8>::zeros(ct.dim());
                 [
-                    crate::render::fit(crate::render::overlay(ct, none.view()), 256),
-                    crate::render::fit(crate::render::overlay(ct, truth.view()), 256),
-                    crate::render::fit(crate::render::overlay(ct, labels_of(pred, i).view()), 256),
+                    crate::render::at_size(crate::render::overlay(ct, none.view()), 256),
+                    crate::render::at_size(crate::render::overlay(ct, truth.view()), 256),
+                    crate::render::at_size(
+                        crate::render::overlay(ct, labels_of(pred, i).view()),
+                        256,
+                    ),
                 ]
             })
             .collect()

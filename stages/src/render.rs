@@ -67,6 +67,19 @@ pub fn fit(tile: RgbImage, max: u32) -> RgbImage {
     image::imageops::resize(&tile, w, h, image::imageops::FilterType::Nearest)
 }
 
+/// Brings a tile to about `size` pixels on its longer side: [`fit`] for larger tiles, and for
+/// smaller ones the largest whole-number enlargement that stays within `size` (nearest, so each
+/// pixel becomes a crisp block), so a 64-pixel slice is shown at 256 pixels, not as a thumbnail.
+pub fn at_size(tile: RgbImage, size: u32) -> RgbImage {
+    let longest = tile.width().max(tile.height()).max(1);
+    let factor = size / longest;
+    if factor <= 1 {
+        return fit(tile, size);
+    }
+    let (w, h) = (tile.width() * factor, tile.height() * factor);
+    image::imageops::resize(&tile, w, h, image::imageops::FilterType::Nearest)
+}
+
 pub fn save_png(path: &Path, picture: &RgbImage) -> Result<()> {
     picture
         .save_with_format(path, image::ImageFormat::Png)
@@ -102,5 +115,24 @@ mod tests {
             &Rgb([20, 20, 20]),
             "the fourth cell is empty"
         );
+    }
+
+    #[test]
+    fn at_size_enlarges_small_tiles_by_whole_blocks_and_shrinks_large_ones() {
+        let mut tile = RgbImage::from_pixel(64, 48, Rgb([0, 0, 0]));
+        tile.put_pixel(1, 0, Rgb([255, 0, 0]));
+        let big = at_size(tile, 256);
+        assert_eq!((big.width(), big.height()), (256, 192));
+        assert_eq!(
+            big.get_pixel(4, 0),
+            &Rgb([255, 0, 0]),
+            "pixel 1 covers x 4…7"
+        );
+        assert_eq!(big.get_pixel(7, 3), &Rgb([255, 0, 0]));
+        assert_eq!(big.get_pixel(8, 0), &Rgb([0, 0, 0]));
+        let odd = at_size(RgbImage::new(100, 100), 256);
+        assert_eq!(odd.width(), 200, "the largest whole factor within 256");
+        let large = at_size(RgbImage::new(512, 512), 256);
+        assert_eq!(large.width(), 256);
     }
 }

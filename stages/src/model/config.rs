@@ -76,6 +76,19 @@ pub struct UnetConfig {
     /// Stochastic depth ("drop connect") rate of the EfficientNet encoders: block `i` of 16 drops
     /// its residual branch with probability `rate · i / 16`, in training only.
     pub drop_connect_rate: f64,
+    /// Width of the plain encoder's first level; each deeper level doubles it (32 gives the
+    /// original U-Net's 32, 64, 128, 256, 512). The EfficientNet encoders ignore it.
+    #[serde(skip_serializing_if = "is_default_plain_width")]
+    pub plain_width: usize,
+}
+
+/// The plain encoder's first width when the user names none (the original U-Net's).
+pub const DEFAULT_PLAIN_WIDTH: usize = 32;
+
+// Left out when default, so configs (and the keys and bundles made from them) written before the
+// field existed stay byte for byte the same.
+fn is_default_plain_width(width: &usize) -> bool {
+    *width == DEFAULT_PLAIN_WIDTH
 }
 
 impl Default for UnetConfig {
@@ -88,6 +101,7 @@ impl Default for UnetConfig {
             in_channels: 1,
             classes: 2,
             drop_connect_rate: 0.2,
+            plain_width: DEFAULT_PLAIN_WIDTH,
         }
     }
 }
@@ -134,7 +148,20 @@ impl UnetConfig {
                 format!("must be in [0, 1), got {}", self.drop_connect_rate),
             ));
         }
+        if !(1..=256).contains(&self.plain_width) {
+            return Err(Error::invalid_param(
+                "plain_width",
+                format!("must be 1…256, got {}", self.plain_width),
+            ));
+        }
         Ok(())
+    }
+
+    /// The plain encoder's widths, shallowest level first: `plain_width` doubled per level.
+    pub fn plain_channels(&self) -> Vec<usize> {
+        (0..self.encoder_depth)
+            .map(|level| self.plain_width << level)
+            .collect()
     }
 
     /// The decoder widths, deepest block first, with the default filled in.

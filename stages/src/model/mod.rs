@@ -31,13 +31,13 @@ pub use blocks::{
     Activation, ConvBnAct, ConvBnActConfig, MbConv, MbConvConfig, SqueezeExcitation,
     StochasticDepth,
 };
-pub use config::{DEFAULT_DECODER_CHANNELS, EncoderKind, Flavour, UnetConfig};
+pub use config::{DEFAULT_DECODER_CHANNELS, DEFAULT_PLAIN_WIDTH, EncoderKind, Flavour, UnetConfig};
 pub use conv::{conv2d, conv2d_module};
 pub use efficientnet::{
     EfficientNet, EfficientNetConfig, EfficientNetEncoder, EfficientNetTrace, EfficientNetVariant,
     HEAD_CHANNELS, NUM_BLOCKS, STAGE_LAST_BLOCKS, STEM_CHANNELS, feature_channels,
 };
 pub use gate::gate;
-pub use unet::{DecoderBlock, DoubleConv, Encoder, PLAIN_CHANNELS, PlainEncoder, Unet, UnetTrace};
+pub use unet::{DecoderBlock, DoubleConv, Encoder, PlainEncoder, Unet, UnetTrace};
 pub use upsample::upsample_cat;
 pub use weights::StateDictLayout;

@@ -18,9 +18,6 @@ use super::efficientnet::{
 use super::upsample::upsample_cat;
 use crate::Result;
 
-/// Widths of the plain encoder's levels, shallowest first.
-pub const PLAIN_CHANNELS: [usize; 5] = [32, 64, 128, 256, 512];
-
 /// Two 3x3 conv-BN-ReLU: one level of the original U-Net.
 #[derive(Module, Debug)]
 pub struct DoubleConv {
@@ -50,10 +47,11 @@ pub struct PlainEncoder {
 }
 
 impl PlainEncoder {
-    pub fn new(in_channels: usize, depth: usize, device: &Device) -> Self {
-        let mut levels = Vec::with_capacity(depth);
+    /// One level per width in `channels`, shallowest first.
+    pub fn new(in_channels: usize, channels: &[usize], device: &Device) -> Self {
+        let mut levels = Vec::with_capacity(channels.len());
         let mut cin = in_channels;
-        for &cout in &PLAIN_CHANNELS[..depth] {
+        for &cout in channels {
             levels.push(DoubleConv::new(cin, cout, device));
             cin = cout;
         }
@@ -159,11 +157,14 @@ impl UnetConfig {
                 let channels = feature_channels(variant)[..depth].to_vec();
                 (Encoder::EfficientNet(encoder), taps, channels)
             }
-            EncoderKind::Plain => (
-                Encoder::Plain(PlainEncoder::new(self.in_channels, depth, device)),
-                Vec::new(),
-                PLAIN_CHANNELS[..depth].to_vec(),
-            ),
+            EncoderKind::Plain => {
+                let channels = self.plain_channels();
+                (
+                    Encoder::Plain(PlainEncoder::new(self.in_channels, &channels, device)),
+                    Vec::new(),
+                    channels,
+                )
+            }
         };
         let widths = self.decoder_widths();
         // Block i takes the running tensor (the deepest feature for i = 0) and the skip one level
