@@ -114,9 +114,11 @@ pub fn gc(store: &ArtifactStore, keep_last: usize, dry_run: bool) -> Result<Stri
     let _guard = store.lock_exclusive()?.ok_or_else(busy)?;
     let runs = runlog::load_all(&store.runs_dir());
     let (kept, dropped) = runs.split_at(keep_last.min(runs.len()));
+    // What the newest runs used, and what an outputs folder links to now.
     let keep: BTreeSet<Digest> = kept
         .iter()
         .flat_map(|(_, r)| r.stages.iter().filter_map(|s| s.key))
+        .chain(crate::outputs::linked_keys(store, dry_run))
         .collect();
     let mut out = String::new();
     let (mut removed, mut freed) = (0usize, 0u64);

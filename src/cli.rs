@@ -12,7 +12,7 @@ use crate::executor::{self, RunOptions};
 use crate::hash_memo::HashMemo;
 use crate::store::ArtifactStore;
 use crate::ui::{LogFormat, Ui};
-use crate::{adapters, cache_cmd, digest, explain, plan};
+use crate::{adapters, cache_cmd, digest, explain, metrics, outputs, plan};
 
 /// Reproducible COVID-19 lesion segmentation of lung CT, from a declarative pipeline.
 ///
@@ -68,6 +68,31 @@ enum Command {
     },
     /// Show a stage's key parts and what changed since its last run.
     Explain { stage: String },
+    /// Compare the metrics of the newest runs (every stage with a `metrics` JSON output, such as
+    /// evaluate), with the params that differ between them.
+    Metrics {
+        /// How many runs with metrics to show, newest first.
+        #[arg(long, value_name = "N", default_value_t = 10)]
+        runs: usize,
+        /// Print JSON.
+        #[arg(long, conflicts_with = "md")]
+        json: bool,
+        /// Print a Markdown table.
+        #[arg(long)]
+        md: bool,
+        /// Also draw each stage's score per run into this PNG.
+        #[arg(long, value_name = "FILE")]
+        plot: Option<PathBuf>,
+    },
+    /// Print the path of a stage's current output: `covseg show evaluate.report`.
+    Show {
+        /// STAGE.OUTPUT, or STAGE for a stage with one output (or with --json).
+        #[arg(value_name = "STAGE[.OUTPUT]")]
+        target: String,
+        /// Print every output of the stage as JSON (stage, kind, key, output → path).
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the stage graph.
     Dag {
         #[arg(long, value_enum, default_value = "text")]
@@ -212,6 +237,9 @@ pub fn execute(cli: Cli) -> Result<()> {
                 jobs: jobs.unwrap_or(pipeline.limits.cpu as usize),
             };
             let record = executor::run(&pipeline, &dag, &store, &memo, &options, &ui);
+            if matches!(&record, Ok(_) | Err(Error::StagesFailed { .. })) {
+                refresh_outputs(&pipeline, &dag, &store, &memo);
+            }
             match record {
                 Ok(record) => print(&executor::summary(&record)),
                 Err(e) => {
@@ -247,6 +275,38 @@ pub fn execute(cli: Cli) -> Result<()> {
             let store = ArtifactStore::open(&pipeline.cache_dir, false)?;
             let memo = HashMemo::open(store.memo_file());
             print(&explain::explain(&pipeline, &dag, &store, &memo, index)?)
+        }
+        Command::Metrics {
+            runs,
+            json,
+            md,
+            plot,
+        } => {
+            let pipeline = load()?;
+            let store = ArtifactStore::open(&pipeline.cache_dir, false)?;
+            let format = match (json, md) {
+                (true, _) => metrics::Format::Json,
+                (_, true) => metrics::Format::Markdown,
+                _ => metrics::Format::Text,
+            };
+            print(&metrics::metrics(
+                &pipeline,
+                &registry,
+                &store,
+                runs,
+                format,
+                plot.as_deref(),
+            )?)
+        }
+        Command::Show { target, json } => {
+            let pipeline = load()?;
+            let dag = Dag::new(&pipeline)?;
+            let store = ArtifactStore::open(&pipeline.cache_dir, false)?;
+            let memo = HashMemo::open(store.memo_file());
+            let query = outputs::Query::parse(&target, &pipeline);
+            print(&outputs::show(
+                &pipeline, &dag, &store, &memo, &query, json,
+            )?)
         }
         Command::Dag { format } => {
             let pipeline = load()?;
@@ -313,6 +373,26 @@ pub fn execute(cli: Cli) -> Result<()> {
             }
             print(&text)
         }
+    }
+}
+
+/// Points the outputs folder at the current results. A folder that cannot be updated is a
+/// warning: the run itself succeeded, and its results are in the cache.
+fn refresh_outputs(pipeline: &Pipeline, dag: &Dag, store: &ArtifactStore, memo: &HashMemo) {
+    let Some(dir) = &pipeline.outputs_dir else {
+        return;
+    };
+    let refreshed = outputs::current(pipeline, dag, store, memo)
+        .and_then(|current| outputs::refresh(pipeline, store, &current, dir));
+    match refreshed {
+        Ok(r) => tracing::debug!(
+            "outputs folder {}: {} placed, {} unchanged, {} removed",
+            dir.display(),
+            r.placed,
+            r.unchanged,
+            r.removed
+        ),
+        Err(e) => tracing::warn!("cannot update the outputs folder {}: {e}", dir.display()),
     }
 }
 

@@ -31,6 +31,7 @@ struct RawPipeline {
 struct RawSettings {
     name: Option<String>,
     cache: Option<String>,
+    outputs: Option<String>,
     seed: Option<u64>,
     device: Option<Spanned<String>>,
 }
@@ -102,6 +103,9 @@ pub struct Pipeline {
     pub dir: PathBuf,
     pub name: String,
     pub cache_dir: PathBuf,
+    /// The outputs folder (`outputs/<stage>/<output>` links to the current results); `None` when
+    /// the pipeline turns it off with `outputs = ""`.
+    pub outputs_dir: Option<PathBuf>,
     pub seed: u64,
     pub device: Device,
     pub limits: Resources,
@@ -387,6 +391,10 @@ impl Pipeline {
                 .into());
         }
         let cache_dir = dir.join(raw.pipeline.cache.as_deref().unwrap_or("cache"));
+        let outputs_dir = match raw.pipeline.outputs.as_deref() {
+            Some("") => None,
+            written => Some(dir.join(written.unwrap_or("outputs"))),
+        };
         let name = raw.pipeline.name.unwrap_or_else(|| {
             path.file_stem()
                 .map_or_else(|| "pipeline".into(), |s| s.to_string_lossy().into_owned())
@@ -402,6 +410,7 @@ impl Pipeline {
             dir,
             name,
             cache_dir,
+            outputs_dir,
             seed: raw.pipeline.seed.unwrap_or(0),
             device,
             limits,

@@ -18,6 +18,8 @@ pub mod hash_memo;
 pub mod journal;
 pub mod key;
 pub mod kind;
+pub mod metrics;
+pub mod outputs;
 pub mod plan;
 pub mod reference;
 pub mod registry;

@@ -10,6 +10,8 @@ mod demo;
 mod golden;
 mod kill;
 mod malformed;
+mod metrics;
+mod outputs;
 mod params_from;
 mod run;
 mod submission;
