@@ -44,27 +44,26 @@ pub fn explain(
     };
     let _ = writeln!(out, "state: {state}");
     let _ = writeln!(out, "key parts:");
-    let _ = writeln!(out, "  kind            {} v{}", spec.name, spec.version);
-    let _ = writeln!(out, "  covseg          {}", key::COVSEG_VERSION);
+    // (label, value) rows, printed with the values in one column however long the labels.
+    let mut rows: Vec<(String, String)> = vec![
+        ("kind".into(), format!("{} v{}", spec.name, spec.version)),
+        ("covseg".into(), key::COVSEG_VERSION.to_owned()),
+    ];
     if spec.uses_seed {
-        let _ = writeln!(out, "  seed            {}", pipeline.seed);
+        rows.push(("seed".into(), pipeline.seed.to_string()));
     }
     let params = row
         .resolved
         .as_ref()
         .map_or(&stage.params, |r| &r.parts.params);
     if let Some(class) = stage.kind.device_class(params) {
-        let _ = writeln!(
-            out,
-            "  device class    {class} (what `device` resolves to here)"
-        );
+        rows.push((
+            "device class".into(),
+            format!("{class} (what `device` resolves to here)"),
+        ));
     }
-    let params = row
-        .resolved
-        .as_ref()
-        .map_or(&stage.params, |r| &r.parts.params);
     for (k, v) in key::flatten(params) {
-        let _ = writeln!(out, "  params.{k:8} {v}");
+        rows.push((format!("params.{k}"), v));
     }
     for (name, r) in stage
         .inputs
@@ -79,7 +78,11 @@ pub fn explain(
                 .and_then(|res| res.parts.inputs.get(name))
                 .map_or_else(|| "(not yet computed)".to_owned(), |d| d.short()),
         };
-        let _ = writeln!(out, "  input {name:9} {r}  {digest}");
+        rows.push((format!("input {name}"), format!("{r}  {digest}")));
+    }
+    let width = rows.iter().map(|(l, _)| l.chars().count()).max().unwrap_or(0);
+    for (label, value) in rows {
+        let _ = writeln!(out, "  {label:width$}  {value}");
     }
     let runs = runlog::load_all(&store.runs_dir());
     match runlog::last_run_of(&runs, &plan::pipeline_id(pipeline), &stage.name) {
