@@ -5,6 +5,7 @@ use crate::kind::{Resources, StageFailure};
 use crate::registry::Registry;
 
 mod augment;
+mod eda;
 mod evaluate;
 mod predict;
 mod pretrained;
@@ -30,6 +31,7 @@ pub fn registry() -> Registry {
         &predict::Predict,
         &submission::PackageSubmission,
         &stats::Stats,
+        &eda::Eda,
     ])
 }
 

@@ -39,6 +39,12 @@ inputs = { images = "@synth.images", masks = "@synth.masks", manifest = "@split.
 params = { part = "train" }
 
 [[stage]]
+name = "eda"
+kind = "eda"
+inputs = { medseg_images = "@synth.images", medseg_masks = "@synth.masks", manifest = "@split.manifest" }
+params = { samples = 4, pixel_spacing_mm = 0.7 }
+
+[[stage]]
 name = "pretrained"
 kind = "pretrained"
 inputs = { file = "tiny_state_dict.pth" }

@@ -7,6 +7,7 @@ mod cli;
 mod concurrency;
 mod config_errors;
 mod demo;
+mod eda;
 mod golden;
 mod kill;
 mod malformed;
