@@ -80,7 +80,11 @@ pub fn explain(
         };
         rows.push((format!("input {name}"), format!("{r}  {digest}")));
     }
-    let width = rows.iter().map(|(l, _)| l.chars().count()).max().unwrap_or(0);
+    let width = rows
+        .iter()
+        .map(|(l, _)| l.chars().count())
+        .max()
+        .unwrap_or(0);
     for (label, value) in rows {
         let _ = writeln!(out, "  {label:width$}  {value}");
     }

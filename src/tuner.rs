@@ -174,9 +174,13 @@ pub fn run(
 
     let parallel = parallel_trials(config, engine, kind);
     let threads = (engine.threads / parallel).max(1);
-    job.progress.start(config.trials as u64, "trials");
-    job.progress
-        .advance(study.trials().iter().filter(|t| t.segments > 0).count() as u64);
+    // The bar counts epochs, not trials: trials differ in length by a factor of the reduction
+    // factor per rung, so an ETA from trials done jumps.
+    let eta = config.pruner.reduction_factor.max(2);
+    let mut total_epochs = expected_epochs(config.trials, study.rungs(), eta);
+    job.progress.start(total_epochs, "epochs");
+    let mut done_epochs = epochs_done(&study);
+    job.progress.advance(done_epochs);
 
     let mut launcher = LocalLauncher::default();
     let mut pending: Vec<Job> = study.in_flight();
@@ -242,7 +246,6 @@ pub fn run(
         };
         running -= 1;
         let n = command.trial;
-        let first_segment = study.trial(n).is_some_and(|t| t.segments == 0);
         let outcome = result.and_then(|report: TrialReport| match report.error {
             Some(message) => Err(message),
             None => Ok(report),
@@ -305,9 +308,13 @@ pub fn run(
                 study.failed(n, message, 0.0);
             }
         }
-        if first_segment {
-            job.progress.advance(1);
+        let now_done = epochs_done(&study);
+        if now_done > total_epochs {
+            total_epochs = now_done;
+            job.progress.set_total(total_epochs);
         }
+        job.progress.advance(now_done.saturating_sub(done_epochs));
+        done_epochs = now_done;
     }
 
     let Some(best) = study.best() else {
@@ -442,6 +449,24 @@ fn replay(
     earlier_ms
 }
 
+/// Epochs a search of `trials` trials is expected to train: asynchronous successive halving lets
+/// one trial in `eta` past each rung, so the epochs between rung `i − 1` and rung `i` are trained
+/// by `eta^-i` of the trials.
+fn expected_epochs(trials: usize, rungs: &[usize], eta: usize) -> u64 {
+    let mut previous = 0;
+    let mut per_trial = 0.0;
+    for (i, &rung) in rungs.iter().enumerate() {
+        per_trial += (rung - previous.min(rung)) as f64 / (eta as f64).powi(i as i32);
+        previous = rung;
+    }
+    (per_trial * trials as f64).ceil().max(1.0) as u64
+}
+
+/// Epochs trained so far over every trial.
+fn epochs_done(study: &Study) -> u64 {
+    study.trials().iter().map(|t| t.scores.len() as u64).sum()
+}
+
 /// Trials at once: as asked, within the stage's CPU threads, and one per GPU for GPU training.
 fn parallel_trials(config: &TuneConfig, engine: &EngineContext<'_>, kind: &dyn StageKind) -> usize {
     let mut n = config.parallel.min(engine.threads.max(1));
@@ -557,6 +582,17 @@ mod tests {
                 _ => Some("wgpu"),
             }
         }
+    }
+
+    #[test]
+    fn the_search_length_counts_the_epochs_halving_lets_through() {
+        // Rungs 4, 8, 16 with η = 2: 4 epochs for all, 4 more for half, 8 more for a quarter.
+        assert_eq!(expected_epochs(4, &[4, 8, 16], 2), 32);
+        assert_eq!(
+            expected_epochs(3, &[10], 3),
+            30,
+            "no pruning: every epoch of every trial"
+        );
     }
 
     #[test]

@@ -22,7 +22,7 @@ pub struct Ui {
 
 impl Ui {
     pub fn new(format: LogFormat, verbosity: i8) -> Self {
-        let bars = format == LogFormat::Human && std::io::stderr().is_terminal();
+        let bars = bars_wanted(format);
         let multi = MultiProgress::with_draw_target(if bars {
             ProgressDrawTarget::stderr()
         } else {
@@ -51,22 +51,37 @@ impl Ui {
     /// A bar for one running stage; it appears when the stage announces its total.
     pub fn stage_progress(&self, stage: &str) -> StageBar {
         StageBar {
-            bar: self.multi.add(ProgressBar::hidden()),
+            multi: self.multi.clone(),
+            bar: std::sync::OnceLock::new(),
             stage: stage.to_owned(),
             enabled: self.bars,
         }
     }
 }
 
+/// Whether bars are drawn: on a terminal, in the human log format, and not in CI (whose logs are
+/// files that would keep every redraw).
+fn bars_wanted(format: LogFormat) -> bool {
+    format == LogFormat::Human
+        && std::io::stderr().is_terminal()
+        && std::env::var_os("CI").is_none_or(|v| v.is_empty() || v == "false" || v == "0")
+}
+
+/// A stage's bar. It belongs to the run's `MultiProgress`, so log lines are printed through it
+/// (above the live bars) and no frozen copy of a bar is left behind.
 pub struct StageBar {
-    bar: ProgressBar,
+    multi: MultiProgress,
+    bar: std::sync::OnceLock<ProgressBar>,
     stage: String,
     enabled: bool,
 }
 
 impl StageBar {
     pub fn finish(&self) {
-        self.bar.finish_and_clear();
+        if let Some(bar) = self.bar.get() {
+            bar.finish_and_clear();
+            self.multi.remove(bar);
+        }
     }
 }
 
@@ -78,18 +93,30 @@ impl covseg_stages::Progress for StageBar {
         let template = format!(
             "{{prefix:>12}} [{{bar:30}}] {{pos}}/{{len}} {unit} · {{elapsed}} · eta {{eta}}"
         );
+        let bar = self.bar.get_or_init(|| {
+            let bar = self.multi.add(ProgressBar::new(total));
+            bar.set_prefix(self.stage.clone());
+            bar.enable_steady_tick(Duration::from_millis(250));
+            bar
+        });
         if let Ok(style) = ProgressStyle::with_template(&template) {
-            self.bar.set_style(style.progress_chars("=> "));
+            bar.set_style(style.progress_chars("=> "));
         }
-        self.bar.set_prefix(self.stage.clone());
-        self.bar.set_length(total);
-        self.bar.set_position(0);
-        self.bar.set_draw_target(ProgressDrawTarget::stderr());
-        self.bar.enable_steady_tick(Duration::from_millis(250));
+        bar.set_length(total);
+        bar.set_position(0);
+        bar.reset_eta();
     }
 
     fn advance(&self, n: u64) {
-        self.bar.inc(n);
+        if let Some(bar) = self.bar.get() {
+            bar.inc(n);
+        }
+    }
+
+    fn set_total(&self, total: u64) {
+        if let Some(bar) = self.bar.get() {
+            bar.set_length(total);
+        }
     }
 }
 

@@ -6,6 +6,8 @@ pub trait Progress: Sync {
     fn start(&self, total: u64, unit: &str);
     /// Marks `n` more items done.
     fn advance(&self, n: u64);
+    /// Corrects the total announced by `start` (a search whose length is an estimate).
+    fn set_total(&self, _total: u64) {}
 }
 
 /// Progress that goes nowhere, for library users and tests.
