@@ -4,7 +4,7 @@ use covseg_stages::augmented;
 use covseg_stages::data::npy;
 
 use super::ALL_CPUS;
-use crate::kind::{
+use crate::pipeline::kind::{
     InputSpec, KindSpec, OutputSpec, ParamError, StageFailure, StageJob, StageKind, typed_params,
 };
 

@@ -4,7 +4,7 @@
 use covseg_stages::data::{eda, stats};
 
 use super::ALL_CPUS;
-use crate::kind::{
+use crate::pipeline::kind::{
     InputSpec, KindSpec, OutputSpec, ParamError, StageFailure, StageJob, StageKind, typed_params,
 };
 

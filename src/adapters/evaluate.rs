@@ -3,7 +3,7 @@
 use covseg_stages::evaluate;
 
 use super::{ALL_CPUS, write_json};
-use crate::kind::{
+use crate::pipeline::kind::{
     InputSpec, KindSpec, OutputSpec, ParamError, StageFailure, StageJob, StageKind, typed_params,
 };
 

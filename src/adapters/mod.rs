@@ -1,8 +1,8 @@
 //! The adapter table: the one place where engine stage kinds meet the domain crate's functions.
 //! Each adapter declares inputs, outputs and params, and calls into `covseg_stages`.
 
-use crate::kind::{Resources, StageFailure};
-use crate::registry::Registry;
+use crate::pipeline::kind::{Resources, StageFailure};
+use crate::pipeline::registry::Registry;
 
 mod augment;
 mod eda;

@@ -3,7 +3,7 @@
 use covseg_stages::{predict, training};
 
 use super::ALL_CPUS;
-use crate::kind::{
+use crate::pipeline::kind::{
     InputSpec, KindSpec, OutputSpec, ParamError, StageFailure, StageJob, StageKind, typed_params,
 };
 

@@ -2,7 +2,7 @@
 
 use covseg_stages::pretrained;
 
-use crate::kind::{
+use crate::pipeline::kind::{
     InputSpec, KindSpec, OutputSpec, ParamError, Resources, StageFailure, StageJob, StageKind,
     typed_params,
 };

@@ -3,7 +3,7 @@
 use covseg_stages::data::npy;
 use covseg_stages::submission;
 
-use crate::kind::{
+use crate::pipeline::kind::{
     InputSpec, KindSpec, OutputSpec, ParamError, Resources, StageFailure, StageJob, StageKind,
     typed_params,
 };

@@ -3,7 +3,7 @@
 use covseg_stages::data::{kaggle, phantom};
 
 use super::ALL_CPUS;
-use crate::kind::{
+use crate::pipeline::kind::{
     KindSpec, OutputSpec, ParamError, StageFailure, StageJob, StageKind, typed_params,
 };
 

@@ -3,7 +3,7 @@
 use covseg_stages::training;
 
 use super::ALL_CPUS;
-use crate::kind::{
+use crate::pipeline::kind::{
     InputSpec, KindSpec, OutputSpec, ParamError, StageFailure, StageJob, StageKind, TrialProgress,
     Tunable, typed_params,
 };

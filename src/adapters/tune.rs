@@ -1,7 +1,7 @@
-//! The `tune` kind: the params and the search, run by `crate::tuner`.
+//! The `tune` kind: the params and the search, run by `crate::tuning::tuner`.
 
 use super::ALL_CPUS;
-use crate::kind::{
+use crate::pipeline::kind::{
     InputSpec, KindSpec, OutputSpec, ParamError, StageFailure, StageJob, StageKind, typed_params,
 };
 
@@ -115,7 +115,7 @@ impl StageKind for Tune {
             }
             for v in dist.extremes() {
                 let sample = covseg_stages::tune::Sample::from([(path.clone(), v.clone())]);
-                crate::tuner::trial_params(&super::Train, &base, &sample)
+                crate::tuning::tuner::trial_params(&super::Train, &base, &sample)
                     .map_err(|m| fail(format!("space.{path} = {v}: {m}"), None))?;
             }
         }
@@ -129,12 +129,12 @@ impl StageKind for Tune {
 
     fn run(&self, job: &StageJob<'_>) -> Result<(), StageFailure> {
         let config: covseg_stages::tune::TuneConfig = job.config()?;
-        let outputs = crate::tuner::TuneOutputs {
+        let outputs = crate::tuning::tuner::TuneOutputs {
             csv: job.output(&TUNE_CSV),
             json: job.output(&TUNE_JSON),
             best_params: job.output(&TUNE_BEST),
             plots: job.output(&TUNE_PLOTS),
         };
-        crate::tuner::run(job, &super::Train, &config, &outputs)
+        crate::tuning::tuner::run(job, &super::Train, &config, &outputs)
     }
 }

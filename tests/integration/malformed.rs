@@ -349,7 +349,10 @@ fn pipeline_files_trial_specs_and_journals() {
     let path = dir.path().join("pipeline.toml");
     let parse = |p: &Path| {
         let text = std::fs::read_to_string(p).map_err(|e| e.to_string())?;
-        covseg::config::Pipeline::parse(p, text, &registry).map_err(|e| e.to_string())
+        let pipeline = covseg::pipeline::config::Pipeline::parse(p, text, &registry)
+            .map_err(|e| e.to_string())?;
+        covseg::pipeline::dag::Dag::new(&pipeline).map_err(|e| e.to_string())?;
+        Ok::<_, String>(pipeline)
     };
     std::fs::write(&path, pipeline).unwrap();
     parse(&path).unwrap();
@@ -373,13 +376,13 @@ fn pipeline_files_trial_specs_and_journals() {
     .to_string();
     let spec_path = dir.path().join("0.json");
     std::fs::write(&spec_path, &spec).unwrap();
-    covseg::trial::read_spec(&spec_path).unwrap();
+    covseg::tuning::trial::read_spec(&spec_path).unwrap();
     survive(
         "trial spec",
         &spec_path,
         &engine_cases(&spec, 7),
         |l| 64 * l + (4 << 20),
-        covseg::trial::read_spec,
+        covseg::tuning::trial::read_spec,
     );
 
     let journal = "{\"event\":\"session\",\"at_ms\":1}\n{\"event\":\"start\",\"trial\":0,\"until\":1,\"at_ms\":2}\n";
@@ -390,7 +393,8 @@ fn pipeline_files_trial_specs_and_journals() {
         &engine_cases(journal, 8),
         |l| 64 * l + (4 << 20),
         |p: &Path| {
-            covseg::journal::Journal::open::<serde_json::Value>(p).map(|(_, events)| events.len())
+            covseg::cache::journal::Journal::open::<serde_json::Value>(p)
+                .map(|(_, events)| events.len())
         },
     );
 }

@@ -3,16 +3,16 @@
 
 use std::path::Path;
 
-use covseg::config::Pipeline;
-use covseg::dag::Dag;
-use covseg::executor::{self, RunOptions};
-use covseg::hash_memo::HashMemo;
-use covseg::kind::{
+use covseg::cache::hash_memo::HashMemo;
+use covseg::cache::store::ArtifactStore;
+use covseg::pipeline::config::Pipeline;
+use covseg::pipeline::dag::Dag;
+use covseg::pipeline::kind::{
     KindSpec, OutputSpec, ParamError, Resources, StageFailure, StageJob, StageKind, typed_params,
 };
-use covseg::registry::Registry;
-use covseg::store::ArtifactStore;
-use covseg::ui::{LogFormat, Ui};
+use covseg::pipeline::registry::Registry;
+use covseg::running::executor::{self, RunOptions};
+use covseg::running::ui::{LogFormat, Ui};
 
 #[derive(serde::Serialize, serde::Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]

@@ -16,9 +16,9 @@ use covseg_stages::tune::{
     Job, Sample, Study, StudySettings, TrialRow, TrialState, TrialsTable, TuneConfig, apply,
 };
 
-use crate::journal::Journal;
-use crate::kind::{EngineContext, StageFailure, StageJob, StageKind};
-use crate::trial::{LocalLauncher, TrialCommand, TrialLauncher, TrialReport, TrialSpec};
+use crate::cache::journal::Journal;
+use crate::pipeline::kind::{EngineContext, StageFailure, StageJob, StageKind};
+use crate::tuning::trial::{LocalLauncher, TrialCommand, TrialLauncher, TrialReport, TrialSpec};
 
 /// One line of the journal.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -71,7 +71,7 @@ impl Event {
 }
 
 fn now_ms() -> u64 {
-    crate::store::now_unix_ms() as u64
+    crate::cache::store::now_unix_ms() as u64
 }
 
 /// Where the tune stage writes.
@@ -369,7 +369,7 @@ pub fn run(
         .trials
         .iter()
         .filter(|row| matches!(row.state, TrialState::Pruned | TrialState::Failed))
-        .filter_map(|row| crate::digest::Digest::from_hex(&row.key));
+        .filter_map(|row| crate::cache::digest::Digest::from_hex(&row.key));
     drop_checkpoints(engine.store, stopped);
     Ok(())
 }
@@ -378,8 +378,8 @@ pub fn run(
 /// that reached the same params) is left alone: waiting for it could hang this stage behind a
 /// long run. Returns how many were dropped.
 fn drop_checkpoints(
-    store: &crate::store::ArtifactStore,
-    keys: impl Iterator<Item = crate::digest::Digest>,
+    store: &crate::cache::store::ArtifactStore,
+    keys: impl Iterator<Item = crate::cache::digest::Digest>,
 ) -> usize {
     let mut dropped = 0;
     for key in keys {
@@ -501,7 +501,7 @@ fn trial_spec(
         .filter(|(name, _)| names.contains(&name.as_str()))
         .map(|(name, digest)| (name.clone(), *digest))
         .collect();
-    let parts = crate::kind::key_parts(kind, params, job.seed, inputs);
+    let parts = crate::pipeline::kind::key_parts(kind, params, job.seed, inputs);
     TrialSpec {
         cache: absolute(engine.store.root()),
         stage: format!("{}/trial-{trial}", engine.stage),
@@ -528,14 +528,14 @@ fn spec_path(dir: &Path, trial: usize) -> PathBuf {
 fn write_spec(dir: &Path, trial: usize, spec: &TrialSpec) -> Result<(), StageFailure> {
     let bytes = serde_json::to_vec_pretty(spec)
         .map_err(|e| StageFailure::internal(format!("trial spec: {e}")))?;
-    crate::atomic::write(&spec_path(dir, trial), &bytes).map_err(StageFailure::from)
+    crate::cache::atomic::write(&spec_path(dir, trial), &bytes).map_err(StageFailure::from)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::digest::Digest;
-    use crate::store::ArtifactStore;
+    use crate::cache::digest::Digest;
+    use crate::cache::store::ArtifactStore;
     use serde_json::json;
 
     #[test]
@@ -567,10 +567,10 @@ mod tests {
     struct GpuTrain;
 
     impl StageKind for GpuTrain {
-        fn spec(&self) -> &crate::kind::KindSpec {
+        fn spec(&self) -> &crate::pipeline::kind::KindSpec {
             crate::adapters::Train.spec()
         }
-        fn params(&self, raw: &toml::Table) -> Result<Value, crate::kind::ParamError> {
+        fn params(&self, raw: &toml::Table) -> Result<Value, crate::pipeline::kind::ParamError> {
             crate::adapters::Train.params(raw)
         }
         fn run(&self, _job: &StageJob<'_>) -> Result<(), StageFailure> {
@@ -599,7 +599,7 @@ mod tests {
     fn parallel_trials_on_an_auto_gpu_get_one_gpu_each() {
         let dir = tempfile::tempdir().unwrap();
         let store = ArtifactStore::open(dir.path(), true).unwrap();
-        let parts = crate::kind::key_parts(&GpuTrain, json!({}), 0, Default::default());
+        let parts = crate::pipeline::kind::key_parts(&GpuTrain, json!({}), 0, Default::default());
         let engine = EngineContext {
             store: &store,
             parts: &parts,

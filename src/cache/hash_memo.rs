@@ -7,8 +7,8 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use crate::atomic;
-use crate::digest::{self, Digest};
+use crate::cache::atomic;
+use crate::cache::digest::{self, Digest};
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

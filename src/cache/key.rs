@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::digest::Digest;
+use crate::cache::digest::Digest;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KeyParts {

@@ -51,7 +51,7 @@ impl Journal {
         file.seek(SeekFrom::End(0))
             .map_err(|e| Error::io(path, e))?;
         if let Some(dir) = path.parent() {
-            crate::atomic::sync_dir(dir)?;
+            crate::cache::atomic::sync_dir(dir)?;
         }
         Ok((
             Self {

@@ -13,11 +13,12 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::build::{Built, Target, build};
+use crate::cache::key::{InputSources, KeyParts};
+use crate::cache::store::ArtifactStore;
 use crate::error::{Diagnostic, Error, Result};
-use crate::key::{InputSources, KeyParts};
-use crate::kind::{StageJob, Tunable, run_guarded};
-use crate::store::ArtifactStore;
+use crate::pipeline::kind::{StageJob, Tunable, run_guarded};
+use crate::pipeline::registry::Registry;
+use crate::running::build::{Built, Target, build};
 
 /// Everything one trial needs; written by the tune stage, read by `covseg trial`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -66,7 +67,15 @@ pub fn read_spec(path: &Path) -> Result<TrialSpec> {
 
 /// `covseg trial`: runs the trial until `until` epochs are done and writes the report (also when
 /// the trial fails, with the reason). The returned error is for the exit code.
-pub fn run(spec_path: &Path, until: usize, threads: usize, report_path: &Path) -> Result<()> {
+/// `registry` names the kinds a spec may ask for (the CLI hands it in: the trial runner knows no
+/// kinds of its own).
+pub fn run(
+    spec_path: &Path,
+    until: usize,
+    threads: usize,
+    report_path: &Path,
+    registry: &Registry,
+) -> Result<()> {
     let started = Instant::now();
     let spec = read_spec(spec_path)?;
     let key = spec.parts.key();
@@ -78,12 +87,12 @@ pub fn run(spec_path: &Path, until: usize, threads: usize, report_path: &Path) -
         seconds: 0.0,
         error: None,
         input_error: false,
-        started_unix_ms: crate::store::now_unix_ms() as u64,
+        started_unix_ms: crate::cache::store::now_unix_ms() as u64,
         ended_unix_ms: 0,
     };
-    let result = segment(&spec, until, threads, &mut report);
+    let result = segment(&spec, until, threads, &mut report, registry);
     report.seconds = started.elapsed().as_secs_f64();
-    report.ended_unix_ms = crate::store::now_unix_ms() as u64;
+    report.ended_unix_ms = crate::cache::store::now_unix_ms() as u64;
     if let Err(e) = &result {
         report.error = Some(e.to_string());
         report.input_error = e.exit_code() == 2;
@@ -92,12 +101,17 @@ pub fn run(spec_path: &Path, until: usize, threads: usize, report_path: &Path) -
         path: report_path.to_owned(),
         message: e.to_string(),
     })?;
-    crate::atomic::write(report_path, &bytes)?;
+    crate::cache::atomic::write(report_path, &bytes)?;
     result
 }
 
-fn segment(spec: &TrialSpec, until: usize, threads: usize, report: &mut TrialReport) -> Result<()> {
-    let registry = crate::adapters::registry();
+fn segment(
+    spec: &TrialSpec,
+    until: usize,
+    threads: usize,
+    report: &mut TrialReport,
+    registry: &Registry,
+) -> Result<()> {
     let kind = registry.get(&spec.parts.kind).ok_or_else(|| {
         spec_error(
             Path::new(&spec.stage),
@@ -160,7 +174,7 @@ fn segment(spec: &TrialSpec, until: usize, threads: usize, report: &mut TrialRep
     Ok(())
 }
 
-fn failure(f: crate::kind::StageFailure) -> Error {
+fn failure(f: crate::pipeline::kind::StageFailure) -> Error {
     if f.input_error {
         Diagnostic::new(f.message).into()
     } else {

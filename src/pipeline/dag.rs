@@ -8,8 +8,8 @@ use petgraph::algo::{tarjan_scc, toposort};
 use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::visit::{Dfs, Reversed};
 
-use crate::config::Pipeline;
 use crate::error::{Diagnostic, Result};
+use crate::pipeline::config::Pipeline;
 
 pub struct Dag {
     graph: DiGraph<usize, ()>,

@@ -4,13 +4,13 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use crate::config::{Pipeline, Stage};
-use crate::digest::Digest;
+use crate::cache::digest::Digest;
+use crate::cache::hash_memo::HashMemo;
+use crate::cache::key::{InputSources, KeyParts};
+use crate::cache::store::Entry;
 use crate::error::{Diagnostic, Error, Result};
-use crate::hash_memo::HashMemo;
-use crate::key::{InputSources, KeyParts};
-use crate::reference::InputRef;
-use crate::store::Entry;
+use crate::pipeline::config::{Pipeline, Stage};
+use crate::pipeline::reference::InputRef;
 
 /// A stage whose key is known.
 #[derive(Debug, Clone)]
@@ -88,7 +88,7 @@ pub fn resolve(
             params
         }
     };
-    let parts = crate::kind::key_parts(stage.kind, params, pipeline.seed, digests);
+    let parts = crate::pipeline::kind::key_parts(stage.kind, params, pipeline.seed, digests);
     Ok(Resolved {
         key: parts.key(),
         parts,

@@ -1,18 +1,23 @@
 //! The command line: arguments (clap) and the dispatch to the engine.
 
+mod cache;
+mod kinds;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 
-use crate::config::Pipeline;
-use crate::dag::{Dag, DagFormat};
+use crate::adapters;
+use crate::cache::digest;
+use crate::cache::hash_memo::HashMemo;
+use crate::cache::store::ArtifactStore;
 use crate::error::{Diagnostic, Error, Result};
-use crate::executor::{self, RunOptions};
-use crate::hash_memo::HashMemo;
-use crate::store::ArtifactStore;
-use crate::ui::{LogFormat, Ui};
-use crate::{adapters, cache_cmd, digest, explain, metrics, outputs, plan};
+use crate::pipeline::config::Pipeline;
+use crate::pipeline::dag::{Dag, DagFormat};
+use crate::running::executor::{self, RunOptions};
+use crate::running::ui::{LogFormat, Ui};
+use crate::running::{explain, metrics, outputs, plan};
 
 /// Reproducible COVID-19 lesion segmentation of lung CT, from a declarative pipeline.
 ///
@@ -199,7 +204,7 @@ pub fn execute(cli: Cli) -> Result<()> {
     };
     let ui = Ui::new(cli.log_format, verbosity);
     let registry = adapters::registry();
-    let load = || Pipeline::load(&cli.pipeline, &registry);
+    let load = || crate::pipeline::load(&cli.pipeline, &registry);
     match cli.command {
         Command::Run {
             stages,
@@ -207,8 +212,7 @@ pub fn execute(cli: Cli) -> Result<()> {
             dry_run,
             jobs,
         } => {
-            let pipeline = load()?;
-            let dag = Dag::new(&pipeline)?;
+            let (pipeline, dag) = load()?;
             let selected = stage_indices(&pipeline, &stages)?;
             let order = if selected.is_empty() {
                 dag.order().to_vec()
@@ -216,7 +220,7 @@ pub fn execute(cli: Cli) -> Result<()> {
                 dag.with_ancestors(&selected)
             };
             if !dry_run {
-                crate::resolve::check_external(&pipeline, &order)?;
+                crate::pipeline::resolve::check_external(&pipeline, &order)?;
             }
             let store = ArtifactStore::open(&pipeline.cache_dir, !dry_run)?;
             let memo = HashMemo::open(store.memo_file());
@@ -243,7 +247,7 @@ pub fn execute(cli: Cli) -> Result<()> {
             match record {
                 Ok(record) => print(&executor::summary(&record)),
                 Err(e) => {
-                    if let Some((_, last)) = crate::runlog::load_all(&store.runs_dir())
+                    if let Some((_, last)) = crate::cache::runlog::load_all(&store.runs_dir())
                         .into_iter()
                         .next()
                         && matches!(e, Error::StagesFailed { .. })
@@ -255,8 +259,7 @@ pub fn execute(cli: Cli) -> Result<()> {
             }
         }
         Command::Plan { stages } => {
-            let pipeline = load()?;
-            let dag = Dag::new(&pipeline)?;
+            let (pipeline, dag) = load()?;
             let selected = stage_indices(&pipeline, &stages)?;
             let order = if selected.is_empty() {
                 dag.order().to_vec()
@@ -269,8 +272,7 @@ pub fn execute(cli: Cli) -> Result<()> {
             print(&plan::render(&pipeline, &rows))
         }
         Command::Explain { stage } => {
-            let pipeline = load()?;
-            let dag = Dag::new(&pipeline)?;
+            let (pipeline, dag) = load()?;
             let index = pipeline.require_stage(&stage)?;
             let store = ArtifactStore::open(&pipeline.cache_dir, false)?;
             let memo = HashMemo::open(store.memo_file());
@@ -282,7 +284,7 @@ pub fn execute(cli: Cli) -> Result<()> {
             md,
             plot,
         } => {
-            let pipeline = load()?;
+            let (pipeline, _) = load()?;
             let store = ArtifactStore::open(&pipeline.cache_dir, false)?;
             let format = match (json, md) {
                 (true, _) => metrics::Format::Json,
@@ -299,8 +301,7 @@ pub fn execute(cli: Cli) -> Result<()> {
             )?)
         }
         Command::Show { target, json } => {
-            let pipeline = load()?;
-            let dag = Dag::new(&pipeline)?;
+            let (pipeline, dag) = load()?;
             let store = ArtifactStore::open(&pipeline.cache_dir, false)?;
             let memo = HashMemo::open(store.memo_file());
             let query = outputs::Query::parse(&target, &pipeline);
@@ -309,15 +310,14 @@ pub fn execute(cli: Cli) -> Result<()> {
             )?)
         }
         Command::Dag { format } => {
-            let pipeline = load()?;
-            let dag = Dag::new(&pipeline)?;
+            let (pipeline, dag) = load()?;
             print(&dag.render(&pipeline, format))
         }
-        Command::Kinds => print(&crate::kinds_text(&registry)),
+        Command::Kinds => print(&kinds::text(&registry)),
         Command::Cache { cache, command } => {
             let dir = match cache {
                 Some(dir) => dir,
-                None => load()?.cache_dir,
+                None => load()?.0.cache_dir,
             };
             let store = ArtifactStore::open(&dir, false)?;
             if !store.exists() {
@@ -329,9 +329,9 @@ pub fn execute(cli: Cli) -> Result<()> {
                 .into());
             }
             match command {
-                CacheCommand::Ls => print(&cache_cmd::ls(&store)?),
+                CacheCommand::Ls => print(&cache::ls(&store)?),
                 CacheCommand::Verify { fix } => {
-                    let (text, damaged) = cache_cmd::verify(&store, fix)?;
+                    let (text, damaged) = cache::verify(&store, fix)?;
                     print(&text)?;
                     if damaged > 0 && !fix {
                         Err(Error::Damaged(damaged))
@@ -340,7 +340,7 @@ pub fn execute(cli: Cli) -> Result<()> {
                     }
                 }
                 CacheCommand::Gc { keep_last, dry_run } => {
-                    print(&cache_cmd::gc(&store, keep_last, dry_run)?)
+                    print(&cache::gc(&store, keep_last, dry_run)?)
                 }
             }
         }
@@ -357,7 +357,7 @@ pub fn execute(cli: Cli) -> Result<()> {
             params,
             seed,
             out,
-        } => print(&crate::exec::exec(
+        } => print(&crate::running::exec::exec(
             &registry, &kind, &inputs, &params, seed, &out,
         )?),
         Command::Trial {
@@ -365,7 +365,7 @@ pub fn execute(cli: Cli) -> Result<()> {
             until,
             threads,
             report,
-        } => crate::trial::run(&spec, until, threads, &report),
+        } => crate::tuning::trial::run(&spec, until, threads, &report, &registry),
         Command::Hash { files } => {
             let mut text = String::new();
             for f in &files {

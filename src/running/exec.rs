@@ -4,9 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Diagnostic, Error, Result};
-use crate::kind::StageJob;
-use crate::registry::Registry;
-use crate::suggest;
+use crate::pipeline::kind::StageJob;
+use crate::pipeline::registry::Registry;
+use crate::pipeline::suggest;
 
 /// `NAME=VALUE`, split at the first `=`.
 fn pair(text: &str, what: &str) -> Result<(String, String)> {

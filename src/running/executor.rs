@@ -8,17 +8,17 @@ use std::time::Instant;
 
 use tracing::{error, info, warn};
 
-use crate::build::{Built, Target, build};
-use crate::config::{Pipeline, Stage};
-use crate::dag::Dag;
+use crate::cache::hash_memo::HashMemo;
+use crate::cache::runlog::{RunRecord, StageOutcome, StageRun};
+use crate::cache::store::{self, ArtifactStore, Entry};
 use crate::error::{Error, Result};
-use crate::hash_memo::HashMemo;
-use crate::kind::{EngineContext, StageFailure, StageJob, run_guarded};
-use crate::plan::pipeline_id;
-use crate::resolve::{self, Resolved};
-use crate::runlog::{RunRecord, StageOutcome, StageRun};
-use crate::store::{self, ArtifactStore, Entry};
-use crate::ui::Ui;
+use crate::pipeline::config::{Pipeline, Stage};
+use crate::pipeline::dag::Dag;
+use crate::pipeline::kind::{EngineContext, StageFailure, StageJob, run_guarded};
+use crate::pipeline::resolve::{self, Resolved};
+use crate::running::build::{Built, Target, build};
+use crate::running::plan::pipeline_id;
+use crate::running::ui::Ui;
 
 pub struct RunOptions {
     /// Stages named with `--stage`; empty means all.
@@ -129,7 +129,7 @@ pub fn run(
     let record = RunRecord {
         id: format!("{started_unix_ms}-{}", std::process::id()),
         pipeline: pipeline_id(pipeline),
-        covseg_version: crate::key::COVSEG_VERSION.to_owned(),
+        covseg_version: crate::cache::key::COVSEG_VERSION.to_owned(),
         started_unix_ms,
         seconds: started.elapsed().as_secs_f64(),
         success: runs
@@ -237,12 +237,15 @@ impl<'a> Schedule<'a> {
     }
 
     /// The first stage in graph order whose needs `fits` accepts, taken off the ready set.
-    fn next_fitting(&mut self, fits: impl Fn(crate::kind::Resources) -> bool) -> Option<usize> {
+    fn next_fitting(
+        &mut self,
+        fits: impl Fn(crate::pipeline::kind::Resources) -> bool,
+    ) -> Option<usize> {
         let (class, p) = self
             .ready
             .iter()
             .filter(|((cpu, gpu), _)| {
-                fits(crate::kind::Resources {
+                fits(crate::pipeline::kind::Resources {
                     cpu: *cpu,
                     gpu: *gpu,
                 })

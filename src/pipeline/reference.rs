@@ -6,7 +6,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use crate::error::Diagnostic;
-use crate::suggest;
+use crate::pipeline::suggest;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InputRef {

@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::atomic;
-use crate::digest::Digest;
+use crate::cache::atomic;
+use crate::cache::digest::Digest;
+use crate::cache::key::{InputSources, KeyParts};
 use crate::error::{Error, Result};
-use crate::key::{InputSources, KeyParts};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -58,7 +58,7 @@ pub struct RunRecord {
     pub stages: Vec<StageRun>,
     /// External inputs taken from the hash memo and read afresh.
     #[serde(default)]
-    pub hashing: crate::hash_memo::HashStats,
+    pub hashing: crate::cache::hash_memo::HashStats,
 }
 
 impl RunRecord {

@@ -109,9 +109,9 @@ pub struct StageJob<'a> {
 
 /// What a stage that drives cached sub-runs needs from the engine.
 pub struct EngineContext<'a> {
-    pub store: &'a crate::store::ArtifactStore,
+    pub store: &'a crate::cache::store::ArtifactStore,
     /// The stage's own key parts: its input digests are what its sub-runs are keyed on.
-    pub parts: &'a crate::key::KeyParts,
+    pub parts: &'a crate::cache::key::KeyParts,
     pub stage: &'a str,
     pub pipeline: String,
     /// Worker threads the stage may use.
@@ -228,13 +228,13 @@ pub fn key_parts(
     kind: &dyn StageKind,
     params: serde_json::Value,
     seed: u64,
-    inputs: BTreeMap<String, crate::digest::Digest>,
-) -> crate::key::KeyParts {
+    inputs: BTreeMap<String, crate::cache::digest::Digest>,
+) -> crate::cache::key::KeyParts {
     let spec = kind.spec();
-    crate::key::KeyParts {
+    crate::cache::key::KeyParts {
         kind: spec.name.to_owned(),
         kind_version: spec.version,
-        covseg_version: crate::key::COVSEG_VERSION.to_owned(),
+        covseg_version: crate::cache::key::COVSEG_VERSION.to_owned(),
         device: kind.device_class(&params).map(str::to_owned),
         seed: spec.uses_seed.then_some(seed),
         params,
@@ -265,7 +265,10 @@ where
             return Err(ParamError {
                 key: Some(key.clone()),
                 message: format!("unknown param `{key}`"),
-                help: Some(crate::suggest::help(key, known_keys.iter().copied())),
+                help: Some(crate::pipeline::suggest::help(
+                    key,
+                    known_keys.iter().copied(),
+                )),
             });
         }
     }

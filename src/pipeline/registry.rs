@@ -1,6 +1,6 @@
 //! The set of stage kinds a pipeline may use.
 
-use crate::kind::StageKind;
+use crate::pipeline::kind::StageKind;
 
 pub struct Registry {
     kinds: Vec<&'static dyn StageKind>,

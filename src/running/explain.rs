@@ -2,17 +2,17 @@
 
 use std::fmt::Write;
 
-use crate::config::Pipeline;
+use crate::cache::hash_memo::HashMemo;
+use crate::cache::key;
+use crate::cache::runlog;
+use crate::cache::store::ArtifactStore;
 use crate::error::Result;
-use crate::hash_memo::HashMemo;
-use crate::key;
-use crate::plan::{self, State};
-use crate::runlog;
-use crate::store::ArtifactStore;
+use crate::pipeline::config::Pipeline;
+use crate::running::plan::{self, State};
 
 pub fn explain(
     pipeline: &Pipeline,
-    dag: &crate::dag::Dag,
+    dag: &crate::pipeline::dag::Dag,
     store: &ArtifactStore,
     memo: &HashMemo,
     index: usize,

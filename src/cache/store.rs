@@ -19,10 +19,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
-use crate::atomic;
-use crate::digest::{self, Digest};
+use crate::cache::atomic;
+use crate::cache::digest::{self, Digest};
+use crate::cache::key::{InputSources, KeyParts};
 use crate::error::{Error, Result};
-use crate::key::{InputSources, KeyParts};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FileRecord {

@@ -3,10 +3,10 @@
 use std::collections::BTreeSet;
 use std::fmt::Write;
 
-use crate::digest::Digest;
+use crate::cache::digest::Digest;
+use crate::cache::runlog;
+use crate::cache::store::ArtifactStore;
 use crate::error::{Diagnostic, Error, Result};
-use crate::runlog;
-use crate::store::ArtifactStore;
 
 fn human_bytes(bytes: u64) -> String {
     let units = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -118,7 +118,7 @@ pub fn gc(store: &ArtifactStore, keep_last: usize, dry_run: bool) -> Result<Stri
     let keep: BTreeSet<Digest> = kept
         .iter()
         .flat_map(|(_, r)| r.stages.iter().filter_map(|s| s.key))
-        .chain(crate::outputs::linked_keys(store, dry_run))
+        .chain(crate::running::outputs::linked_keys(store, dry_run))
         .collect();
     let mut out = String::new();
     let (mut removed, mut freed) = (0usize, 0u64);

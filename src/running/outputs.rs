@@ -11,14 +11,14 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::atomic;
-use crate::config::Pipeline;
-use crate::dag::Dag;
-use crate::digest::Digest;
+use crate::cache::atomic;
+use crate::cache::digest::Digest;
+use crate::cache::hash_memo::HashMemo;
+use crate::cache::store::{ArtifactStore, Entry};
 use crate::error::{Diagnostic, Error, Result};
-use crate::hash_memo::HashMemo;
-use crate::plan::{self, State};
-use crate::store::{ArtifactStore, Entry};
+use crate::pipeline::config::Pipeline;
+use crate::pipeline::dag::Dag;
+use crate::running::plan::{self, State};
 
 /// The manifest of an outputs folder: what covseg placed in it.
 const MANIFEST: &str = ".covseg-outputs.json";

@@ -3,16 +3,16 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use crate::config::Pipeline;
-use crate::dag::Dag;
-use crate::digest::Digest;
+use crate::cache::digest::Digest;
+use crate::cache::hash_memo::HashMemo;
+use crate::cache::key;
+use crate::cache::runlog::{self, StageRun};
+use crate::cache::store::{ArtifactStore, Entry};
 use crate::error::Result;
-use crate::hash_memo::HashMemo;
-use crate::key;
-use crate::reference::InputRef;
-use crate::resolve::{self, Resolved};
-use crate::runlog::{self, StageRun};
-use crate::store::{ArtifactStore, Entry};
+use crate::pipeline::config::Pipeline;
+use crate::pipeline::dag::Dag;
+use crate::pipeline::reference::InputRef;
+use crate::pipeline::resolve::{self, Resolved};
 
 #[derive(Debug, Clone)]
 pub enum State {

@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
-use crate::key::{InputSources, KeyParts};
-use crate::kind::StageFailure;
-use crate::store::{self, ArtifactStore, Entry, EntryRecord};
+use crate::cache::key::{InputSources, KeyParts};
+use crate::cache::store::{self, ArtifactStore, Entry, EntryRecord};
+use crate::pipeline::kind::StageFailure;
 
 /// What is built: the key's parts and what the entry records about where it came from.
 pub struct Target<'a> {

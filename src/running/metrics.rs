@@ -7,13 +7,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
 
-use crate::config::Pipeline;
-use crate::digest::Digest;
+use crate::cache::digest::Digest;
+use crate::cache::runlog::{self, RunRecord, StageOutcome};
+use crate::cache::store::ArtifactStore;
 use crate::error::{Diagnostic, Error, Result};
-use crate::plan::pipeline_id;
-use crate::registry::Registry;
-use crate::runlog::{self, RunRecord, StageOutcome};
-use crate::store::ArtifactStore;
+use crate::pipeline::config::Pipeline;
+use crate::pipeline::registry::Registry;
+use crate::running::plan::pipeline_id;
 
 /// How the table is printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,7 +73,7 @@ fn run_metrics(
     let mut results = BTreeSet::new();
     for stage in &record.stages {
         if let Some(parts) = &stage.parts {
-            for (k, v) in crate::key::flatten(&parts.params) {
+            for (k, v) in crate::cache::key::flatten(&parts.params) {
                 params.insert(format!("{}.{k}", stage.name), v);
             }
             if let Some(seed) = parts.seed {

@@ -8,10 +8,10 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::error::{Diagnostic, Location, Result};
-use crate::kind::{Resources, StageKind};
-use crate::reference::InputRef;
-use crate::registry::Registry;
-use crate::suggest;
+use crate::pipeline::kind::{Resources, StageKind};
+use crate::pipeline::reference::InputRef;
+use crate::pipeline::registry::Registry;
+use crate::pipeline::suggest;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -418,7 +418,6 @@ impl Pipeline {
             stages,
             text,
         };
-        crate::dag::Dag::new(&pipeline)?;
         Ok(pipeline)
     }
 
@@ -563,7 +562,8 @@ kind = "synth"
         assert_eq!(params("train")["device"], "cpu");
         assert_eq!(params("own")["device"], "auto", "a stage's own value wins");
         let own = pipeline.stage("own").unwrap();
-        let parts = crate::kind::key_parts(own.kind, own.params.clone(), 0, Default::default());
+        let parts =
+            crate::pipeline::kind::key_parts(own.kind, own.params.clone(), 0, Default::default());
         assert_eq!(
             parts.device.as_deref(),
             Some(covseg_stages::training::device_class(
@@ -574,10 +574,20 @@ kind = "synth"
         assert_eq!(params("tune")["train"]["device"], "cpu");
         assert!(params("phantoms").get("device").is_none());
         let stage = pipeline.stage("train").unwrap();
-        let parts = crate::kind::key_parts(stage.kind, stage.params.clone(), 0, Default::default());
+        let parts = crate::pipeline::kind::key_parts(
+            stage.kind,
+            stage.params.clone(),
+            0,
+            Default::default(),
+        );
         assert_eq!(parts.device.as_deref(), Some("cpu"));
         let synth = pipeline.stage("phantoms").unwrap();
-        let parts = crate::kind::key_parts(synth.kind, synth.params.clone(), 0, Default::default());
+        let parts = crate::pipeline::kind::key_parts(
+            synth.kind,
+            synth.params.clone(),
+            0,
+            Default::default(),
+        );
         assert_eq!(parts.device, None, "kinds without a device keep their keys");
     }
 
