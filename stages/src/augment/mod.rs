@@ -12,6 +12,7 @@ mod resample;
 mod spatial;
 #[cfg(test)]
 mod tests;
+mod warp;
 
 use std::borrow::Cow;
 
@@ -60,7 +61,7 @@ pub fn augment(
     let plan = plan::draw(config, rng);
 
     let geometry = spatial::Geometry::new(&plan, config, height, width);
-    let (mut out, out_labels) = spatial::warp(
+    let (mut out, out_labels) = warp::warp(
         &contiguous(image.as_slice(), image.iter()),
         &contiguous(labels.as_slice(), labels.iter()),
         channels,

@@ -4,7 +4,6 @@
 use super::config::AugmentConfig;
 use super::elastic::ElasticField;
 use super::plan::Plan;
-use super::resample::resample;
 
 /// An affine map of pixel coordinates (x right, y down, pixel centres at integers):
 /// (x, y) → (xx·x + xy·y + x0, yx·x + yy·y + y0).
@@ -52,13 +51,13 @@ impl Affine {
 /// Where each output pixel takes its value from: the source position of output pixel p is
 /// `source(p + d(p))` with d the elastic displacement (zero when elastic does not fire).
 pub(super) struct Geometry {
-    kind: Kind,
+    pub(super) kind: Kind,
     source: Affine,
     elastic: Option<ElasticField>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Kind {
+pub(super) enum Kind {
     Identity,
     /// Pure mirroring: a copy with reversed indices, exact and far cheaper than resampling.
     Flips {
@@ -186,61 +185,6 @@ pub(super) struct RowScratch {
     pub grid: Vec<f32>,
 }
 
-/// Resamples `image` (`channels` × `height` × `width`, row-major) bilinearly and `labels`
-/// (`height` × `width`) by nearest neighbour through `geometry`; positions outside the source
-/// read 0 for both.
-pub(super) fn warp(
-    image: &[f32],
-    labels: &[u8],
-    channels: usize,
-    height: usize,
-    width: usize,
-    geometry: &Geometry,
-) -> (Vec<f32>, Vec<u8>) {
-    match geometry.kind {
-        Kind::Identity => (image.to_vec(), labels.to_vec()),
-        Kind::Flips {
-            horizontal,
-            vertical,
-        } => (
-            mirror(image, height, width, horizontal, vertical),
-            mirror(labels, height, width, horizontal, vertical),
-        ),
-        Kind::Resample => resample(image, labels, channels, height, width, geometry),
-    }
-}
-
-/// Copies each `height` × `width` plane of `data` with reversed columns and/or rows.
-fn mirror<T: Copy + Default>(
-    data: &[T],
-    height: usize,
-    width: usize,
-    horizontal: bool,
-    vertical: bool,
-) -> Vec<T> {
-    let mut out = vec![T::default(); data.len()];
-    if width == 0 || height == 0 {
-        return out;
-    }
-    for (src, dst) in data
-        .chunks_exact(height * width)
-        .zip(out.chunks_exact_mut(height * width))
-    {
-        for (y, dst_row) in dst.chunks_exact_mut(width).enumerate() {
-            let sy = if vertical { height - 1 - y } else { y };
-            let src_row = &src[sy * width..(sy + 1) * width];
-            if horizontal {
-                for (d, s) in dst_row.iter_mut().zip(src_row.iter().rev()) {
-                    *d = *s;
-                }
-            } else {
-                dst_row.copy_from_slice(src_row);
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,13 +202,5 @@ mod tests {
         };
         assert_eq!(shift.then(double).apply(1.0, 1.0), (8.0, 2.0));
         assert_eq!(double.then(shift).apply(1.0, 1.0), (5.0, 2.0));
-    }
-
-    #[test]
-    fn mirror_reverses_planes() {
-        let data = [1, 2, 3, 4, 5, 6];
-        assert_eq!(mirror(&data, 2, 3, true, false), [3, 2, 1, 6, 5, 4]);
-        assert_eq!(mirror(&data, 2, 3, false, true), [4, 5, 6, 1, 2, 3]);
-        assert_eq!(mirror(&data, 1, 3, true, true), [3, 2, 1, 6, 5, 4]);
     }
 }

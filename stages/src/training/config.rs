@@ -3,24 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::device::DeviceChoice;
 use crate::model::UnetConfig;
 use crate::{Error, Result};
-
-/// Where training runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum DeviceChoice {
-    /// A real GPU when covseg was built with the `cuda` or `wgpu` feature and one is present,
-    /// else the CPU. Never a software (CPU) wgpu adapter.
-    #[default]
-    Auto,
-    /// Burn's pure-Rust CPU backend (`flex`).
-    Cpu,
-    /// The first discrete GPU through wgpu; needs a build with the `wgpu` feature.
-    Wgpu,
-    /// CUDA device 0; needs a build with the `cuda` feature.
-    Cuda,
-}
 
 /// Where the encoder's initial weights come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -2,9 +2,25 @@
 //! `cuda` feature; `auto` takes a real GPU when one answers, else the CPU, and says which.
 
 use burn::tensor::Device;
+use serde::{Deserialize, Serialize};
 
-use super::config::DeviceChoice;
 use crate::{Error, Result};
+
+/// Where training runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    /// A real GPU when covseg was built with the `cuda` or `wgpu` feature and one is present,
+    /// else the CPU. Never a software (CPU) wgpu adapter.
+    #[default]
+    Auto,
+    /// Burn's pure-Rust CPU backend (`flex`).
+    Cpu,
+    /// The first discrete GPU through wgpu; needs a build with the `wgpu` feature.
+    Wgpu,
+    /// CUDA device 0; needs a build with the `cuda` feature.
+    Cuda,
+}
 
 /// The chosen device and how to name it in logs and metrics.
 #[derive(Debug, Clone)]

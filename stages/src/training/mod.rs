@@ -19,9 +19,9 @@ pub fn bundle_weights_file() -> &'static str {
     bundle::WEIGHTS
 }
 pub use checkpoint::{Checkpoints, TrainState, parameters};
-pub use config::{DeviceChoice, EncoderWeights, LossConfig, TrainConfig};
+pub use config::{EncoderWeights, LossConfig, TrainConfig};
 pub use data::{TARGET_LABELS, TrainingItems, Validation, epoch_order};
-pub use device::{TrainDevice, class as device_class, select as select_device};
+pub use device::{DeviceChoice, TrainDevice, class as device_class, select as select_device};
 pub use early_stopping::{EarlyStopping, Verdict};
 pub use history::{ClassF1, EpochRecord};
 pub use loss::segmentation_loss;
