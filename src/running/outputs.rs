@@ -129,7 +129,11 @@ pub fn show(
             path: entry.dir.clone(),
             message: format!("the entry has no output `{name}`"),
         })?;
-        Ok(std::path::absolute(&path).unwrap_or(path))
+        // Without `..` or links in it (`examples/../cache/…`), for pasting into other tools.
+        Ok(path
+            .canonicalize()
+            .or_else(|_| std::path::absolute(&path))
+            .unwrap_or(path))
     };
     if json {
         let mut outputs = serde_json::Map::new();
