@@ -214,11 +214,7 @@ pub fn execute(cli: Cli) -> Result<()> {
         } => {
             let (pipeline, dag) = load()?;
             let selected = stage_indices(&pipeline, &stages)?;
-            let order = if selected.is_empty() {
-                dag.order().to_vec()
-            } else {
-                dag.with_ancestors(&selected)
-            };
+            let order = dag.selection(&selected);
             if !dry_run {
                 crate::pipeline::resolve::check_external(&pipeline, &order)?;
             }
@@ -261,11 +257,7 @@ pub fn execute(cli: Cli) -> Result<()> {
         Command::Plan { stages } => {
             let (pipeline, dag) = load()?;
             let selected = stage_indices(&pipeline, &stages)?;
-            let order = if selected.is_empty() {
-                dag.order().to_vec()
-            } else {
-                dag.with_ancestors(&selected)
-            };
+            let order = dag.selection(&selected);
             let store = ArtifactStore::open(&pipeline.cache_dir, false)?;
             let memo = HashMemo::open(store.memo_file());
             let rows = plan::plan(&pipeline, &dag, &store, &memo, &order, &[])?;

@@ -68,6 +68,16 @@ impl Dag {
         down
     }
 
+    /// What `--stage` selects: every stage when none is named, else the named ones and everything
+    /// upstream of them, in graph order.
+    pub fn selection(&self, selected: &[usize]) -> Vec<usize> {
+        if selected.is_empty() {
+            self.order().to_vec()
+        } else {
+            self.with_ancestors(selected)
+        }
+    }
+
     /// The selected stages and everything upstream of them, in graph order.
     pub fn with_ancestors(&self, selected: &[usize]) -> Vec<usize> {
         let reversed = Reversed(&self.graph);

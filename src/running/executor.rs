@@ -52,11 +52,7 @@ pub fn run(
     options: &RunOptions,
     ui: &Ui,
 ) -> Result<RunRecord> {
-    let stages = if options.selected.is_empty() {
-        dag.order().to_vec()
-    } else {
-        dag.with_ancestors(&options.selected)
-    };
+    let stages = dag.selection(&options.selected);
     resolve::check_external(pipeline, &stages)?;
     let forced: Vec<usize> = if !options.force {
         Vec::new()
