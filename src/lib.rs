@@ -17,6 +17,7 @@ pub mod cli;
 pub mod error;
 pub mod pipeline;
 pub mod running;
+pub mod serve;
 pub mod tuning;
 
 use clap::Parser;

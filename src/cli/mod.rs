@@ -157,6 +157,9 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         report: PathBuf,
     },
+    /// Serve a bundle as an HTTP endpoint (SageMaker and Open Inference Protocol routes, a web
+    /// viewer at /): `covseg serve --stage train-final -p examples/demo.toml`.
+    Serve(crate::serve::ServeArgs),
     /// Print blake3 digests of files, as b3sum does.
     Hash {
         #[arg(required = true)]
@@ -358,6 +361,7 @@ pub fn execute(cli: Cli) -> Result<()> {
             threads,
             report,
         } => crate::tuning::trial::run(&spec, until, threads, &report, &registry),
+        Command::Serve(args) => crate::serve::run(&args, &cli.pipeline),
         Command::Hash { files } => {
             let mut text = String::new();
             for f in &files {

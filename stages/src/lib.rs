@@ -19,6 +19,8 @@ pub mod predict;
 pub mod pretrained;
 pub mod progress;
 pub mod render;
+#[cfg(feature = "model")]
+pub mod serving;
 pub mod submission;
 #[cfg(feature = "model")]
 pub mod training;

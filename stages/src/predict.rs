@@ -124,7 +124,7 @@ pub struct Timing {
 }
 
 /// The model inputs `(C,S,S)` of one slice given in its source's units (HU or 0…255 grey).
-fn model_input(pre: &Preprocessing, slice: Array2<f32>) -> Array3<f32> {
+pub fn model_input(pre: &Preprocessing, slice: Array2<f32>) -> Array3<f32> {
     let (h, w) = slice.dim();
     let slice = if (h, w) == (pre.size, pre.size) {
         slice
@@ -138,7 +138,7 @@ fn model_input(pre: &Preprocessing, slice: Array2<f32>) -> Array3<f32> {
 }
 
 /// Per-class probabilities `(2,S,S)` back at `h`×`w`.
-fn at_size(p: ArrayView3<f32>, h: usize, w: usize) -> Array3<f32> {
+pub fn at_size(p: ArrayView3<f32>, h: usize, w: usize) -> Array3<f32> {
     let (k, ph, pw) = p.dim();
     if (ph, pw) == (h, w) {
         return p.to_owned();

@@ -33,7 +33,16 @@ impl Header {
     pub fn read(path: &Path) -> Result<Self> {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         let actual = file.metadata().map_err(|e| Error::io(path, e))?.len();
-        let mut file = BufReader::new(file);
+        Self::parse(&mut BufReader::new(file), actual, path)
+    }
+
+    /// The same checks on a `.npy` held in memory (an upload); `name` labels the errors.
+    pub fn from_bytes(bytes: &[u8], name: &Path) -> Result<Self> {
+        Self::parse(&mut std::io::Cursor::new(bytes), bytes.len() as u64, name)
+    }
+
+    /// Parses a header from the start of `file`, whose whole length is `actual` bytes.
+    fn parse(file: &mut impl Read, actual: u64, path: &Path) -> Result<Self> {
         let bad = |message: String| Error::Npy {
             path: path.to_owned(),
             message,

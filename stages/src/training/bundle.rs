@@ -70,12 +70,25 @@ pub fn write(
     write_json(&dir.join(THRESHOLDS), &thresholds)
 }
 
-/// Reads a bundle folder and rebuilds its network on `device`, in evaluation mode.
-pub fn load(dir: &Path, device: &Device) -> Result<Bundle> {
+/// The JSON parts of a bundle folder (training config, preprocessing, thresholds), checked, without
+/// the weights: what a server needs before its model thread has loaded the network.
+pub fn read_parts(dir: &Path) -> Result<(TrainConfig, Preprocessing, Thresholds)> {
+    if !dir.is_dir() {
+        return Err(Error::invalid_data(
+            dir,
+            "is not a bundle folder (weights.safetensors, config.json, preprocessing.json, thresholds.json)",
+        ));
+    }
     let config: TrainConfig = read_json(&dir.join(CONFIG))?;
     config.validate()?;
     let preprocessing: Preprocessing = read_json(&dir.join(PREPROCESSING))?;
     let thresholds: Thresholds = read_json(&dir.join(THRESHOLDS))?;
+    Ok((config, preprocessing, thresholds))
+}
+
+/// Reads a bundle folder and rebuilds its network on `device`, in evaluation mode.
+pub fn load(dir: &Path, device: &Device) -> Result<Bundle> {
+    let (config, preprocessing, thresholds) = read_parts(dir)?;
     let weights = dir.join(WEIGHTS);
     let mut model = config.model.init(device)?;
     let mut store = SafetensorsStore::from_file(&weights);

@@ -12,7 +12,9 @@ mod loss;
 mod schedule;
 mod train;
 
-pub use bundle::{Bundle, Thresholds, load as load_bundle, write as write_bundle};
+pub use bundle::{
+    Bundle, Thresholds, load as load_bundle, read_parts as read_bundle_parts, write as write_bundle,
+};
 
 /// The weights file's name inside a bundle folder.
 pub fn bundle_weights_file() -> &'static str {

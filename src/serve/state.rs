@@ -1,0 +1,75 @@
+//! What every request handler shares: the bundle's recipe and version, the model queue, health
+//! flags, limits and metrics.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use covseg_stages::serving::batcher::Batcher;
+use covseg_stages::serving::decode::DecodeLimits;
+use covseg_stages::serving::segment::Recipe;
+
+use super::metrics::Metrics;
+
+/// Request limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_body: usize,
+    pub decode: DecodeLimits,
+    /// Whole request, and each job's deadline.
+    pub timeout: Duration,
+    pub body_timeout: Duration,
+    pub queue: usize,
+}
+
+pub struct AppState {
+    pub recipe: Recipe,
+    /// The bundle's blake3 digest (hex).
+    pub version: String,
+    pub batcher: Batcher,
+    pub limits: Limits,
+    pub metrics: Metrics,
+    /// Default pixel spacing (mm) for areas.
+    pub spacing: Option<(f64, f64)>,
+    loaded: AtomicBool,
+    draining: AtomicBool,
+}
+
+impl AppState {
+    pub fn new(
+        recipe: Recipe,
+        version: String,
+        batcher: Batcher,
+        limits: Limits,
+        spacing: Option<(f64, f64)>,
+    ) -> Self {
+        Self {
+            recipe,
+            version,
+            batcher,
+            limits,
+            metrics: Metrics::new(),
+            spacing,
+            loaded: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    /// Loaded, warmed up, and not draining.
+    pub fn ready(&self) -> bool {
+        self.loaded.load(Ordering::SeqCst) && !self.draining.load(Ordering::SeqCst)
+    }
+
+    /// The model is loaded and a warm-up inference succeeded.
+    pub fn set_loaded(&self) {
+        self.loaded.store(true, Ordering::SeqCst);
+    }
+
+    /// Shutting down: readiness turns 503 and no new work is taken.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+}

@@ -1,0 +1,30 @@
+//! The serving core: what `covseg serve` does between the HTTP layer and the model, with no HTTP
+//! in it.
+//!
+//! - [`decode`] turns an uploaded body (PNG, JPEG or `.npy`) into slices, with strict limits that
+//!   are checked before anything is allocated;
+//! - [`batcher`] is the one thread that owns the model: a bounded queue, micro-batching, deadlines;
+//! - [`segment`] prepares slices for the model and turns its probabilities into labels, exactly as
+//!   `predict` does, so the endpoint and `predict` agree bit for bit;
+//! - [`summary`] and [`encode`] give the answer: per-class counts and areas, label PNGs, `.npy`
+//!   masks.
+
+pub mod batcher;
+pub mod decode;
+pub mod encode;
+pub mod segment;
+pub mod summary;
+
+/// Why a request's content cannot be served; the HTTP layer maps each to a status code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// A media type the endpoint does not take (415).
+    #[error("{0}")]
+    Unsupported(String),
+    /// Content that is damaged, too large in its dimensions, or of the wrong shape (400).
+    #[error("{0}")]
+    Invalid(String),
+    /// An answer format the request's content cannot have (406).
+    #[error("{0}")]
+    NotAcceptable(String),
+}
