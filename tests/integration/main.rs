@@ -15,6 +15,7 @@ mod metrics;
 mod outputs;
 mod params_from;
 mod run;
+mod serve;
 mod submission;
 mod test;
 mod train;
