@@ -95,6 +95,9 @@ fn slice_npy(dir: &Path) -> PathBuf {
     path
 }
 
+/// Status, headers (lower-case names) and body of one answer.
+type Answer = (u16, Vec<(String, String)>, Vec<u8>);
+
 /// A running `covseg serve`, killed if a test fails before stopping it.
 struct Server {
     child: Child,
@@ -146,7 +149,7 @@ impl Server {
         path: &str,
         headers: &[(&str, &str)],
         body: &[u8],
-    ) -> std::io::Result<(u16, Vec<(String, String)>, Vec<u8>)> {
+    ) -> std::io::Result<Answer> {
         let mut stream = TcpStream::connect(&self.address)?;
         stream.set_read_timeout(Some(Duration::from_secs(60)))?;
         let mut head = format!(
