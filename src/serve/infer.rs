@@ -69,6 +69,17 @@ pub fn admit(state: &AppState) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Reads and discards what the client sends (up to the body cap, within the body timeout) before a
+/// refusal is answered: a server that answers while a body is still arriving and then closes makes
+/// the client's kernel see a reset instead of the 503.
+pub async fn discard_body(state: &AppState, body: Body) {
+    let mut body = http_body_util::Limited::new(body, state.limits.max_body);
+    let _ = tokio::time::timeout(state.limits.body_timeout, async {
+        while let Some(Ok(_)) = body.frame().await {}
+    })
+    .await;
+}
+
 /// Reads a body of at most `max_body` bytes within the body timeout: 413 beyond it, 408 when
 /// the client sends too slowly.
 pub async fn read_body(

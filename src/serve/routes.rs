@@ -316,7 +316,10 @@ async fn invocations(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    infer::admit(&state)?;
+    if let Err(refused) = infer::admit(&state) {
+        infer::discard_body(&state, body).await;
+        return Err(refused);
+    }
     let declared = match headers.get(header::CONTENT_TYPE) {
         None => None,
         Some(v) => Format::from_content_type(v.to_str().unwrap_or("?")).ok_or_else(|| {
@@ -383,8 +386,11 @@ async fn segment_multipart(
     State(state): State<Arc<AppState>>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    infer::admit(&state)?;
     let (parts, body) = request.into_parts();
+    if let Err(refused) = infer::admit(&state) {
+        infer::discard_body(&state, body).await;
+        return Err(refused);
+    }
     let bytes = infer::read_body(&state, &parts.headers, body).await?;
     let request = Request::from_parts(parts, Body::from(bytes));
     let mut multipart = axum::extract::Multipart::from_request(request, &())
@@ -455,7 +461,10 @@ async fn oip_infer(
     body: Body,
 ) -> Result<Response, ApiError> {
     check_model(&state, &params)?;
-    infer::admit(&state)?;
+    if let Err(refused) = infer::admit(&state) {
+        infer::discard_body(&state, body).await;
+        return Err(refused);
+    }
     let bytes = infer::read_body(&state, &headers, body).await?;
     let request = oip::parse(&bytes, &headers, &state.limits.decode)?;
     let answer = infer::segment(&state, Input::Slices(request.slices.clone())).await?;
