@@ -89,7 +89,8 @@ PY
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 "$covseg" -q serve "$bundle" --port "$port" --queue "$queue" --max-batch "$max_batch" >"$work/serve.log" 2>&1 &
 server=$!
-trap 'kill $server 2>/dev/null || true; kill $pinger 2>/dev/null || true' EXIT
+pinger=""
+trap 'kill $server 2>/dev/null || true; [ -z "$pinger" ] || kill $pinger 2>/dev/null || true' EXIT
 url="http://127.0.0.1:$port"
 for _ in $(seq 1 600); do
   curl -fs -o /dev/null "$url/ping" && break
@@ -110,6 +111,9 @@ for c in 1 4 16; do
     { echo "hey at concurrency $c did not finish within ${limit} s" >&2; exit 1; }
 done
 kill $pinger 2>/dev/null || true
+pinger=""
+kill -TERM $server
+wait $server || { echo "covseg serve did not exit cleanly on SIGTERM:" >&2; cat "$work/serve.log" >&2; exit 1; }
 
 python3 - "$work" "$timing1" "$timing_b" "$requests" "$max_batch" <<'PY'
 import csv, json, sys
@@ -132,6 +136,10 @@ for c in (1, 4, 16):
     other = [r["status-code"] for r in rows if r["status-code"] not in ("200", "503")]
     # hey leaves failed connections (resets, timeouts) out of its CSV: count them as others.
     other += ["no answer"] * (requests - requests % c - len(rows)) if c <= requests else []
+    if not rows:
+        print(f"| {c} | 0 | 0 | 0 | {requests} | – | – | – | – | – | – |")
+        bad = True
+        continue
     start = min(float(r["offset"]) for r in rows)
     end = max(float(r["offset"]) + float(r["response-time"]) for r in rows)
     served = len(ok) / (end - start)

@@ -16,6 +16,10 @@ use tokio::sync::oneshot;
 use super::error::ApiError;
 use super::state::AppState;
 
+/// When the request arrived (set by the outermost layer): deadlines count from it.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrived(pub Instant);
+
 /// What a request brings.
 pub enum Input {
     /// An uploaded file; the format from its `Content-Type`, `None` to sniff.
@@ -123,8 +127,16 @@ pub async fn read_body(
 }
 
 /// Segments the slices of `input`.
-pub async fn segment(state: &Arc<AppState>, input: Input) -> Result<Answer, ApiError> {
-    let started = Instant::now();
+pub async fn segment(
+    state: &Arc<AppState>,
+    input: Input,
+    arrived: Arrived,
+) -> Result<Answer, ApiError> {
+    let started = arrived.0;
+    let _slot = state.in_flight().ok_or_else(|| {
+        state.metrics.reject("busy");
+        ApiError::unavailable("too many requests in progress; retry shortly")
+    })?;
     admit(state)?;
     let prepared = {
         let state = Arc::clone(state);

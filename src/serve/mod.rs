@@ -25,8 +25,10 @@ pub use options::ServeArgs;
 pub use routes::router;
 pub use state::{AppState, Limits};
 
-/// How long open requests may take to finish after SIGTERM (SageMaker kills 30 s after it).
-const DRAIN: Duration = Duration::from_secs(25);
+/// How long open connections may take to finish after SIGTERM.
+const DRAIN: Duration = Duration::from_secs(20);
+/// When the process is gone after SIGTERM at the latest (SageMaker kills 30 s after it).
+const EXIT: Duration = Duration::from_secs(25);
 
 /// The bundle folder to serve: the argument, the pipeline stage's current bundle, or SageMaker's.
 fn resolve_bundle(args: &ServeArgs, pipeline: &Path) -> Result<(PathBuf, bool)> {
@@ -162,6 +164,7 @@ pub fn run(args: &ServeArgs, pipeline: &Path) -> Result<()> {
         timeout: Duration::from_secs(timeout.max(1)),
         body_timeout: Duration::from_secs(args.body_timeout.max(1)),
         queue: args.queue,
+        in_flight: args.queue + args.max_batch + 2,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -172,7 +175,7 @@ pub fn run(args: &ServeArgs, pipeline: &Path) -> Result<()> {
         preprocessing,
         thresholds,
     };
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         let address = format!("{host}:{port}");
         let listener = tokio::net::TcpListener::bind(&address).await.map_err(|e| {
             Error::from(
@@ -261,11 +264,14 @@ pub fn run(args: &ServeArgs, pipeline: &Path) -> Result<()> {
             }
         });
         let signal_state = Arc::clone(&state);
+        let stop_at = Arc::new(std::sync::OnceLock::<Instant>::new());
+        let signal_stop_at = Arc::clone(&stop_at);
         tokio::spawn(async move {
             wait_for_signal().await;
+            let _ = signal_stop_at.set(Instant::now());
             tracing::info!(
                 "stopping: finishing the requests in progress (at most {} s)",
-                DRAIN.as_secs()
+                EXIT.as_secs()
             );
             signal_state.set_draining();
             let _ = stop_tx.send(true);
@@ -277,8 +283,17 @@ pub fn run(args: &ServeArgs, pipeline: &Path) -> Result<()> {
                 DRAIN.as_secs()
             );
         }
+        // One deadline for the whole stop: the queue gets what the connections left of it.
+        let left = EXIT
+            .saturating_sub(stop_at.get().map_or(Duration::ZERO, Instant::elapsed))
+            .saturating_sub(Duration::from_millis(500));
         let closing = Arc::clone(&state);
-        let _ = tokio::task::spawn_blocking(move || closing.batcher.close()).await;
+        let finished = tokio::task::spawn_blocking(move || closing.batcher.close_within(left))
+            .await
+            .unwrap_or(false);
+        if !finished {
+            tracing::warn!("the model thread was still busy at the stop deadline");
+        }
         let loaded = if loading.is_finished() {
             loading.await.unwrap_or(Ok(()))
         } else {
@@ -290,7 +305,10 @@ pub fn run(args: &ServeArgs, pipeline: &Path) -> Result<()> {
         }
         tracing::info!("stopped");
         Ok(())
-    })
+    });
+    // Blocking tasks still decoding for cut-off clients are not waited for.
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    result
 }
 
 fn invalid_load(dir: &Path, message: &str) -> Error {

@@ -48,6 +48,21 @@ pub struct Parsed {
     pub binary_output: bool,
 }
 
+impl Parsed {
+    /// The request without its slices (what the answer needs), and the slices.
+    pub fn take_slices(mut self) -> (Self, Slices) {
+        let source = self.slices.source;
+        let slices = std::mem::replace(
+            &mut self.slices,
+            Slices {
+                source,
+                slices: Vec::new(),
+            },
+        );
+        (self, slices)
+    }
+}
+
 fn bad(message: impl Into<String>) -> ApiError {
     ApiError::bad_request(message)
 }
@@ -83,11 +98,11 @@ pub fn parse(body: &[u8], headers: &HeaderMap, limits: &DecodeLimits) -> Result<
         )));
     };
     let (n, h, w) = match input.shape.as_slice() {
-        [h, w] => (1, *h, *w),
+        [h, w] | [h, w, 1] => (1, *h, *w),
         [n, h, w] | [n, h, w, 1] => (*n, *h, *w),
         _ => {
             return Err(bad(format!(
-                "input `{}` has shape {:?}; expected [H,W], [N,H,W] or [N,H,W,1]",
+                "input `{}` has shape {:?}; expected [H,W], [H,W,1], [N,H,W] or [N,H,W,1]",
                 input.name, input.shape
             )));
         }

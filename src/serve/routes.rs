@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{FromRequest, MatchedPath, Path, RawQuery, Request, State};
+use axum::extract::{Extension, FromRequest, MatchedPath, Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -29,7 +29,8 @@ pub const NOTICE: &str = "research software, not a medical device";
 
 /// The application: every route, with its limits, metrics and the model-version header.
 pub fn router(state: Arc<AppState>) -> Router {
-    let timeout = state.limits.timeout + std::time::Duration::from_secs(1);
+    let timeout =
+        state.limits.timeout + state.limits.body_timeout + std::time::Duration::from_secs(1);
     Router::new()
         .route("/", get(viewer))
         .route("/viewer.js", get(viewer_js))
@@ -54,7 +55,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
         .fallback(not_found)
-        .layer(middleware::from_fn_with_state(Arc::clone(&state), observe))
+        // Bodies are read under --max-body by the handlers themselves (413 JSON); axum's own
+        // 2 MiB default would cut multipart uploads short.
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        // A backstop: handlers answer their own 504 (JSON) at the request timeout.
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::GATEWAY_TIMEOUT,
             timeout,
@@ -64,16 +68,29 @@ pub fn router(state: Arc<AppState>) -> Router {
                 ApiError::internal("internal error (a bug: please report it)").into_response()
             },
         ))
+        // Outermost, so timeouts and caught panics are counted and carry the version too.
+        .layer(middleware::from_fn_with_state(Arc::clone(&state), observe))
         .with_state(state)
 }
 
 /// Counts each request by route and status, and names the model version on every answer.
-async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+async fn observe(State(state): State<Arc<AppState>>, mut request: Request, next: Next) -> Response {
+    request
+        .extensions_mut()
+        .insert(infer::Arrived(std::time::Instant::now()));
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "other".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().clone();
+    let started = std::time::Instant::now();
     let mut response = next.run(request).await;
+    // The route and the outcome only: never the body, the query or the pixels.
+    tracing::debug!(
+        "{method} {route} → {} in {:.1} ms",
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64() * 1e3
+    );
     state
         .metrics
         .requests
@@ -98,8 +115,9 @@ async fn viewer() -> Response {
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
             (
                 header::CONTENT_SECURITY_POLICY,
-                "default-src 'self'; img-src 'self' blob: data:; style-src 'self' 'unsafe-inline'",
+                "default-src 'self'; img-src 'self' blob: data:; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
             ),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         ],
         VIEWER_HTML,
     )
@@ -312,29 +330,50 @@ fn summaries(answer: &Answer, spacing: Option<(f64, f64)>) -> Vec<SliceSummary> 
 /// `POST /invocations`: a PNG, JPEG or `.npy` body; labels, masks or a summary back.
 async fn invocations(
     State(state): State<Arc<AppState>>,
+    Extension(arrived): Extension<infer::Arrived>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    if let Err(refused) = infer::admit(&state) {
+    // Refusals that need no decoding come first: overload, and an Accept nothing satisfies.
+    if let Err(refused) = infer::admit(&state).and_then(|()| answering(&headers, 1).map(|_| ())) {
         infer::discard_body(&state, body).await;
         return Err(refused);
     }
     let declared = match headers.get(header::CONTENT_TYPE) {
-        None => None,
+        None => Ok(None),
         Some(v) => Format::from_content_type(v.to_str().unwrap_or("?")).ok_or_else(|| {
             state.metrics.reject("unsupported_media_type");
             ApiError::from(RequestError::Unsupported(format!(
                 "Content-Type `{}` is not taken; send image/png, image/jpeg or application/x-npy",
                 v.to_str().unwrap_or("?")
             )))
-        })?,
+        }),
     };
-    let spacing = spacing(&state, query.as_deref())?;
+    let (declared, spacing) = match (declared, spacing(&state, query.as_deref())) {
+        (Ok(declared), Ok(spacing)) => (declared, spacing),
+        (Err(e), _) | (_, Err(e)) => {
+            infer::discard_body(&state, body).await;
+            return Err(e);
+        }
+    };
     let bytes = infer::read_body(&state, &headers, body).await?;
-    let answer = infer::segment(&state, Input::Upload(bytes, declared)).await?;
+    let answer = infer::segment(&state, Input::Upload(bytes, declared), arrived).await?;
     let format = answering(&headers, answer.segmented.len())?;
-    Ok(match format {
+    let version = state.version.clone();
+    tokio::task::spawn_blocking(move || encoded(format, &answer, spacing, &version))
+        .await
+        .map_err(|e| ApiError::internal(format!("encoding failed: {e}")))
+}
+
+/// The answer in the negotiated format (on the blocking pool: PNG and `.npy` encoding).
+fn encoded(
+    format: Answering,
+    answer: &Answer,
+    spacing: Option<(f64, f64)>,
+    version: &str,
+) -> Response {
+    match format {
         Answering::Png => (
             [(header::CONTENT_TYPE, "image/png")],
             encode::label_png(&answer.segmented[0].labels),
@@ -346,13 +385,13 @@ async fn invocations(
         )
             .into_response(),
         Answering::Json => axum::Json(Summaries {
-            model_version: &state.version,
+            model_version: version,
             notice: NOTICE,
-            slices: summaries(&answer, spacing),
+            slices: summaries(answer, spacing),
             timings: answer.timings,
         })
         .into_response(),
-    })
+    }
 }
 
 #[derive(Serialize)]
@@ -384,10 +423,26 @@ fn data_url(png: &[u8]) -> String {
 /// viewer's route. Answers the shown slices and labels as PNG data URLs with their summaries.
 async fn segment_multipart(
     State(state): State<Arc<AppState>>,
+    Extension(arrived): Extension<infer::Arrived>,
     request: Request,
 ) -> Result<Response, ApiError> {
     let (parts, body) = request.into_parts();
-    if let Err(refused) = infer::admit(&state) {
+    let multipart_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().starts_with("multipart/form-data"));
+    let admitted = infer::admit(&state).and_then(|()| {
+        if multipart_type {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "send multipart/form-data with a `file` field (or POST the file to /invocations)",
+            ))
+        }
+    });
+    if let Err(refused) = admitted {
         infer::discard_body(&state, body).await;
         return Err(refused);
     }
@@ -427,7 +482,7 @@ async fn segment_multipart(
         Some(t) => Some(summary::parse_spacing(&t).map_err(ApiError::bad_request)?),
         None => state.spacing,
     };
-    let answer = infer::segment(&state, Input::Upload(file, None)).await?;
+    let answer = infer::segment(&state, Input::Upload(file, None), arrived).await?;
     let state2 = Arc::clone(&state);
     let slices = tokio::task::spawn_blocking(move || {
         answer
@@ -456,17 +511,26 @@ async fn segment_multipart(
 /// `POST /v2/models/covseg[/versions/V]/infer`: JSON tensors, or the binary extension.
 async fn oip_infer(
     State(state): State<Arc<AppState>>,
+    Extension(arrived): Extension<infer::Arrived>,
     Path(params): Path<HashMap<String, String>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    check_model(&state, &params)?;
-    if let Err(refused) = infer::admit(&state) {
+    if let Err(refused) = check_model(&state, &params).and_then(|()| infer::admit(&state)) {
         infer::discard_body(&state, body).await;
         return Err(refused);
     }
     let bytes = infer::read_body(&state, &headers, body).await?;
-    let request = oip::parse(&bytes, &headers, &state.limits.decode)?;
-    let answer = infer::segment(&state, Input::Slices(request.slices.clone())).await?;
-    Ok(oip::respond(&request, &answer, MODEL, &state.version))
+    // Parsing a JSON tensor of millions of numbers is CPU work: off the async threads.
+    let limits = state.limits.decode;
+    let (request, slices) = tokio::task::spawn_blocking(move || {
+        oip::parse(&bytes, &headers, &limits).map(oip::Parsed::take_slices)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("parsing failed: {e}")))??;
+    let answer = infer::segment(&state, Input::Slices(slices), arrived).await?;
+    let version = state.version.clone();
+    tokio::task::spawn_blocking(move || oip::respond(&request, &answer, MODEL, &version))
+        .await
+        .map_err(|e| ApiError::internal(format!("encoding failed: {e}")))
 }

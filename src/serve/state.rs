@@ -1,7 +1,7 @@
 //! What every request handler shares: the bundle's recipe and version, the model queue, health
 //! flags, limits and metrics.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use covseg_stages::serving::batcher::Batcher;
@@ -19,6 +19,18 @@ pub struct Limits {
     pub timeout: Duration,
     pub body_timeout: Duration,
     pub queue: usize,
+    /// Requests decoding, queued, in the model or being encoded at once; more are 503s. It
+    /// bounds the memory of decoded uploads, which the queue alone does not.
+    pub in_flight: usize,
+}
+
+/// A held place among [`Limits::in_flight`]; released on drop.
+pub struct Slot<'a>(&'a AtomicUsize);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 pub struct AppState {
@@ -32,6 +44,7 @@ pub struct AppState {
     pub spacing: Option<(f64, f64)>,
     loaded: AtomicBool,
     draining: AtomicBool,
+    in_flight: AtomicUsize,
 }
 
 impl AppState {
@@ -51,6 +64,7 @@ impl AppState {
             spacing,
             loaded: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
         }
     }
 
@@ -67,6 +81,13 @@ impl AppState {
     /// Shutting down: readiness turns 503 and no new work is taken.
     pub fn set_draining(&self) {
         self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// A place for one more request in progress, if there is one.
+    pub fn in_flight(&self) -> Option<Slot<'_>> {
+        let before = self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let slot = Slot(&self.in_flight);
+        (before < self.limits.in_flight).then_some(slot)
     }
 
     pub fn draining(&self) -> bool {

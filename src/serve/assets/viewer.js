@@ -67,7 +67,10 @@ function draw() {
   canvas.dataset.drawn = String(Number(canvas.dataset.drawn || 0) + 1);
 }
 
+let uploads = 0;
+
 async function upload(file) {
+  const ticket = ++uploads;
   const form = new FormData();
   form.append("file", file);
   form.append("spacing", $("spacing").value.trim());
@@ -90,11 +93,19 @@ async function upload(file) {
     setStatus(`${response.status}: ${body.error}`, true);
     return;
   }
-  images = [];
-  for (const s of body.slices) {
-    const [ct, labels] = await Promise.all([loadImage(s.image), loadImage(s.labels)]);
-    images.push({ ct: pixels(ct), labels: pixels(labels) });
+  const decoded = [];
+  try {
+    for (const s of body.slices) {
+      const [ct, labels] = await Promise.all([loadImage(s.image), loadImage(s.labels)]);
+      decoded.push({ ct: pixels(ct), labels: pixels(labels) });
+    }
+  } catch (e) {
+    setStatus(e.message, true);
+    return;
   }
+  // A newer upload started meanwhile: its answer wins.
+  if (ticket !== uploads) return;
+  images = decoded;
   answer = body;
   $("slice").max = String(body.slices.length - 1);
   $("slice").value = "0";
