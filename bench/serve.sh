@@ -8,6 +8,9 @@
 #   throughput, p50/p99 latency of the 200s, p50 of the 503s, status codes;
 #   serving overhead = 1 - (serve slices/s) / (predict's slices/s on the same bundle and slices:
 #   batch 1 for one client, which never fills a batch; MAX_BATCH for the others);
+#   the model's own seconds per slice inside the server (from /metrics) and the HTTP overhead
+#   beyond it (1 - served slices/s × model s/slice): this VM's speed drifts by ±20 % between
+#   minutes, and this column does not depend on it;
 #   the slowest /ping answer, probed every 200 ms throughout.
 # Fails when a status other than 200 or 503 appears, or /ping ever took 2 s or more.
 #
@@ -77,6 +80,9 @@ inputs = { bundle = "@train.bundle", images = "@test.images" }
 params = { device = "cpu", batch_size = $max_batch, overlays = 0 }
 TOML
 "$covseg" -q run -p "$work/pipeline.toml" --jobs 1 >/dev/null
+# predict is timed in this run, beside the load test (a rerun of the script must not compare
+# with an old, cached timing).
+"$covseg" -q run -p "$work/pipeline.toml" --jobs 1 --force --stage predict-b1 --stage "predict-b$max_batch" >/dev/null
 bundle=$("$covseg" show train.bundle -p "$work/pipeline.toml")
 timing1=$("$covseg" show predict-b1.timing -p "$work/pipeline.toml")
 timing_b=$("$covseg" show "predict-b$max_batch.timing" -p "$work/pipeline.toml")
@@ -105,10 +111,12 @@ curl -fs -o /dev/null "$url/ping" || { echo "the server never became ready:" >&2
 done) >"$work/ping.txt" &
 pinger=$!
 
+curl -fs "$url/metrics" >"$work/metrics-before.txt"
 for c in 1 4 16; do
   timeout "$limit" hey -n "$requests" -c "$c" -t 70 -m POST -T application/x-npy \
     -D "$work/slice.npy" -o csv "$url/invocations" >"$work/hey-c$c.csv" ||
     { echo "hey at concurrency $c did not finish within ${limit} s" >&2; exit 1; }
+  curl -fs "$url/metrics" >"$work/metrics-c$c.txt"
 done
 kill $pinger 2>/dev/null || true
 pinger=""
@@ -127,8 +135,17 @@ bad = False
 for b, r in sorted(predict.items()):
     print(f"predict, batch {b}, same bundle and slices: {r:.2f} slices/s ({1000 / r:.0f} ms per slice)")
 print()
-print("| concurrency | requests | 200 | 503 | other | 200/s | predict slices/s | overhead | p50 200 (s) | p99 200 (s) | p50 503 (ms) |")
-print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+def model_totals(path):
+    # covseg_infer_seconds_sum (batches) and covseg_batch_size_sum (slices) of a /metrics text.
+    values = {}
+    for line in open(path):
+        name, _, value = line.rpartition(" ")
+        if name in ("covseg_infer_seconds_sum", "covseg_batch_size_sum"):
+            values[name] = float(value)
+    return values.get("covseg_infer_seconds_sum", 0.0), values.get("covseg_batch_size_sum", 0.0)
+print("| concurrency | requests | 200 | 503 | other | 200/s | predict slices/s | overhead | serve's model s/slice | HTTP overhead | p50 200 (s) | p99 200 (s) | p50 503 (ms) |")
+print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+previous = model_totals(f"{work}/metrics-before.txt")
 for c in (1, 4, 16):
     rows = list(csv.DictReader(open(f"{work}/hey-c{c}.csv")))[:requests]
     ok = [float(r["response-time"]) for r in rows if r["status-code"] == "200"]
@@ -137,7 +154,7 @@ for c in (1, 4, 16):
     # hey leaves failed connections (resets, timeouts) out of its CSV: count them as others.
     other += ["no answer"] * (requests - requests % c - len(rows)) if c <= requests else []
     if not rows:
-        print(f"| {c} | 0 | 0 | 0 | {requests} | – | – | – | – | – | – |")
+        print(f"| {c} | 0 | 0 | 0 | {requests} | – | – | – | – | – | – | – | – |")
         bad = True
         continue
     start = min(float(r["offset"]) for r in rows)
@@ -147,7 +164,13 @@ for c in (1, 4, 16):
     reference = predict[1 if c == 1 else max_batch]
     overhead = 1 - served / reference
     bad |= bool(other)
+    now = model_totals(f"{work}/metrics-c{c}.txt")
+    model = (now[0] - previous[0]) / max(now[1] - previous[1], 1)
+    previous = now
+    # What the HTTP side costs beyond the model's own time in this very run.
+    http = 1 - served * model
     print(f"| {c} | {len(rows)} | {len(ok)} | {len(rejected)} | {len(other)} | {served:.2f} | {reference:.2f} | {100 * overhead:.0f} % | "
+          f"{model:.3f} | {100 * http:.0f} % | "
           f"{pct(ok, 50):.3f} | {pct(ok, 99):.3f} | {1000 * pct(rejected, 50):.1f} |")
 pings = [line.split() for line in open(f"{work}/ping.txt") if line.strip()]
 slowest = max(float(t) for t, _ in pings)
