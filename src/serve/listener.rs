@@ -1,7 +1,7 @@
 //! The accept loop. `axum::serve` gives hyper no timer, so a client that trickles its headers
 //! holds a connection forever (tokio-rs/axum#2741); this loop serves each connection with
-//! hyper's HTTP/1 builder, a timer and a header-read timeout, caps the open connections with a
-//! semaphore, and on shutdown stops accepting and lets each connection finish its request.
+//! hyper's HTTP/1 builder, a timer and a header-read timeout, gives every write a timeout, caps
+//! the open connections with a semaphore, and on shutdown stops accepting and lets each connection finish its request.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +16,9 @@ use tokio::task::JoinSet;
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {
     pub header_timeout: Duration,
+    /// Longest a write may wait for the client to take bytes: a client that stops reading its
+    /// answer loses the connection instead of holding it (and a connection slot) forever.
+    pub write_timeout: Duration,
     pub max_connections: usize,
     /// How long open connections may take to finish once shutdown began.
     pub drain: Duration,
@@ -59,7 +62,9 @@ pub async fn serve(
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_timeout)
                 .keep_alive(true);
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
+            stream.set_write_timeout(Some(limits.write_timeout));
+            let connection = builder.serve_connection(TokioIo::new(Box::pin(stream)), service);
             tokio::pin!(connection);
             tokio::select! {
                 _ = connection.as_mut() => {}

@@ -235,6 +235,7 @@ pub fn run(args: &ServeArgs, pipeline: &Path) -> Result<()> {
             app,
             listener::ConnectionLimits {
                 header_timeout: Duration::from_secs(args.header_timeout.max(1)),
+                write_timeout: Duration::from_secs(args.body_timeout.max(1)),
                 max_connections: args.max_connections,
                 drain: DRAIN,
             },

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use covseg_stages::data::intensity::SourceKind;
 use covseg_stages::serving::decode::{DecodeLimits, Slices};
 use ndarray::Array2;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::error::ApiError;
@@ -245,6 +245,27 @@ fn flatten(value: &Value, out: &mut Vec<f32>, limit: usize) -> Result<(), ApiErr
     }
 }
 
+#[derive(Serialize)]
+struct ResponseOutput<'a> {
+    name: &'static str,
+    datatype: &'static str,
+    shape: [usize; 3],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<Value>,
+    /// Serialised straight from the bytes: no JSON value per label.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a [u8]>,
+}
+
+#[derive(Serialize)]
+struct InferResponse<'a> {
+    model_name: &'a str,
+    model_version: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    outputs: [ResponseOutput<'a>; 1],
+}
+
 /// The infer response: `labels` UINT8 `[N,H,W]`, as JSON or binary.
 pub fn respond(request: &Parsed, answer: &Answer, model: &str, version: &str) -> Response {
     let (h, w) = answer.segmented[0].labels.dim();
@@ -254,28 +275,29 @@ pub fn respond(request: &Parsed, answer: &Answer, model: &str, version: &str) ->
         .iter()
         .flat_map(|s| s.labels.iter().copied())
         .collect();
-    let mut output = json!({
-        "name": "labels",
-        "datatype": "UINT8",
-        "shape": [n, h, w],
-    });
-    if request.binary_output {
-        output["parameters"] = json!({ "binary_data_size": labels.len() });
-    } else {
-        output["data"] = json!(labels);
-    }
-    let mut body = json!({
-        "model_name": model,
-        "model_version": version,
-        "outputs": [output],
-    });
-    if let Some(id) = &request.id {
-        body["id"] = json!(id);
-    }
-    if !request.binary_output {
-        return axum::Json(body).into_response();
-    }
+    let body = InferResponse {
+        model_name: model,
+        model_version: version,
+        id: request.id.as_deref(),
+        outputs: [ResponseOutput {
+            name: "labels",
+            datatype: "UINT8",
+            shape: [n, h, w],
+            parameters: request
+                .binary_output
+                .then(|| json!({ "binary_data_size": labels.len() })),
+            data: (!request.binary_output).then_some(labels.as_slice()),
+        }],
+    };
     let mut bytes = serde_json::to_vec(&body).expect("JSON of numbers and strings");
+    if !request.binary_output {
+        let mut response = bytes.into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        return response;
+    }
     let header_length = bytes.len();
     bytes.extend_from_slice(&labels);
     let mut response = bytes.into_response();

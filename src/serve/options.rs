@@ -56,7 +56,8 @@ pub struct ServeArgs {
     /// Limit for reading a request's headers, in seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
     pub header_timeout: u64,
-    /// Limit for receiving a request's body, in seconds.
+    /// Limit for receiving a request's body, and for a client to take each part of its answer,
+    /// in seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     pub body_timeout: u64,
     /// Most open connections; further clients wait in the kernel's backlog.
