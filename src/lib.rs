@@ -18,6 +18,7 @@ pub mod error;
 pub mod pipeline;
 pub mod running;
 pub mod serve;
+pub mod slurm;
 pub mod tuning;
 
 use clap::Parser;

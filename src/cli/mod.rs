@@ -141,6 +141,21 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
+    /// Build one stage of the pipeline in this process, against the cache (its upstream stages
+    /// must be cached): what a Slurm job of a stage runs. `covseg stage train -p pipeline.toml`.
+    Stage {
+        /// The stage's name.
+        name: String,
+        /// Refuse to build unless the stage resolves to this key (hex), as the submitter saw it.
+        #[arg(long, value_name = "HEX")]
+        key: Option<String>,
+        /// Worker threads (default: the stage's resources.cpu).
+        #[arg(long, value_name = "N")]
+        threads: Option<u32>,
+        /// Rebuild even when cached.
+        #[arg(long)]
+        force: bool,
+    },
     /// Run one segment of a tuning trial: `covseg trial SPEC --until N --report FILE`. A tune
     /// stage writes the spec (in its work folder in the cache) and runs these commands; another
     /// executor (a cluster scheduler) may run the same commands on machines sharing the cache.
@@ -355,6 +370,30 @@ pub fn execute(cli: Cli) -> Result<()> {
         } => print(&crate::running::exec::exec(
             &registry, &kind, &inputs, &params, seed, &out,
         )?),
+        Command::Stage {
+            name,
+            key,
+            threads,
+            force,
+        } => {
+            let (pipeline, dag) = load()?;
+            let index = pipeline.require_stage(&name)?;
+            let store = ArtifactStore::open(&pipeline.cache_dir, true)?;
+            let memo = HashMemo::open(store.memo_file());
+            let options = crate::running::single::SingleOptions {
+                key: key.as_deref(),
+                threads,
+                force,
+            };
+            let (entry, outcome) =
+                crate::running::single::run(&pipeline, &dag, &store, &memo, index, &options, &ui)?;
+            print(&format!(
+                "{}  {}  {}\n",
+                name,
+                outcome.label(),
+                entry.record.key.short()
+            ))
+        }
         Command::Trial {
             spec,
             until,

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::error::{Diagnostic, Location, Result};
+use crate::pipeline::executor::{Executor, JobOverrides, RawExecutor, RawStageResources};
 use crate::pipeline::kind::{Resources, StageKind};
 use crate::pipeline::reference::InputRef;
 use crate::pipeline::registry::Registry;
@@ -22,6 +23,7 @@ struct RawPipeline {
     resources: RawResources,
     #[serde(default)]
     data: RawData,
+    executor: Option<Spanned<RawExecutor>>,
     #[serde(default)]
     stage: Vec<Spanned<RawStage>>,
 }
@@ -61,7 +63,7 @@ struct RawStage {
     inputs: BTreeMap<Spanned<String>, Spanned<String>>,
     params: Option<Spanned<toml::Table>>,
     params_from: Option<Spanned<String>>,
-    resources: Option<RawResources>,
+    resources: Option<RawStageResources>,
 }
 
 /// Where training runs; `auto` picks a real GPU when there is one.
@@ -86,6 +88,8 @@ pub struct Stage {
     pub params: serde_json::Value,
     pub params_from: Option<InputRef>,
     pub resources: Resources,
+    /// What a Slurm job of this stage asks for beyond the `[executor]` defaults.
+    pub job: JobOverrides,
     pub line: usize,
 }
 
@@ -109,6 +113,7 @@ pub struct Pipeline {
     pub seed: u64,
     pub device: Device,
     pub limits: Resources,
+    pub executor: Executor,
     pub data_hint: Option<String>,
     pub stages: Vec<Stage>,
     /// Stage name → index in `stages`.
@@ -354,7 +359,8 @@ impl Pipeline {
                         .into(),
                 );
             }
-            let declared = s.resources.unwrap_or_default();
+            let declared = s.resources.clone().unwrap_or_default();
+            let job = crate::pipeline::executor::overrides(&declared, &at, at(s.name.span()))?;
             let resources = Resources {
                 gpu: declared.gpu.unwrap_or(spec.resources.gpu),
                 cpu: declared
@@ -381,6 +387,7 @@ impl Pipeline {
                 params,
                 params_from,
                 resources,
+                job,
                 line: lines.line_col(stage.span().start).0,
             });
         }
@@ -390,6 +397,11 @@ impl Pipeline {
                 .help("add a `[[stage]]` table with `name` and `kind`; `covseg kinds` lists the kinds")
                 .into());
         }
+        let executor = crate::pipeline::executor::parse(
+            raw.executor,
+            &registry.names().collect::<Vec<_>>(),
+            &at,
+        )?;
         let cache_dir = dir.join(raw.pipeline.cache.as_deref().unwrap_or("cache"));
         let outputs_dir = match raw.pipeline.outputs.as_deref() {
             Some("") => None,
@@ -414,6 +426,7 @@ impl Pipeline {
             seed: raw.pipeline.seed.unwrap_or(0),
             device,
             limits,
+            executor,
             data_hint: raw.data.hint,
             stages,
             text,

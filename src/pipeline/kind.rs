@@ -118,6 +118,10 @@ pub struct EngineContext<'a> {
     pub threads: usize,
     /// GPUs the stage holds (its `resources.gpu`).
     pub gpus: u32,
+    /// Where its sub-runs (tuning trials) go.
+    pub executor: &'a crate::pipeline::executor::Executor,
+    /// The stage's own job settings (its `resources`), for the jobs it submits.
+    pub job: &'a crate::pipeline::executor::JobOverrides,
 }
 
 impl StageJob<'_> {

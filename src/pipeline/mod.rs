@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod dag;
+pub mod executor;
 pub mod kind;
 pub mod reference;
 pub mod registry;

@@ -95,7 +95,7 @@ pub fn run(
                         && (running == 0 || used_cpu + need.cpu <= pipeline.limits.cpu)
                 });
                 let Some(i) = next else { break };
-                let need = pipeline.stages[i].resources;
+                let need = local_need(pipeline, i);
                 let entries = state.upstream_entries(i);
                 state.status[i] = Status::Running;
                 (used_cpu, used_gpu, running) =
@@ -113,7 +113,7 @@ pub fn run(
                 break;
             }
             let Ok(done) = rx.recv() else { break };
-            let need = pipeline.stages[done.stage].resources;
+            let need = local_need(pipeline, done.stage);
             (used_cpu, used_gpu, running) = (used_cpu - need.cpu, used_gpu - need.gpu, running - 1);
             any_input_error |= done.input_error;
             state.finish(done);
@@ -225,7 +225,7 @@ impl<'a> Schedule<'a> {
     }
 
     fn queue(&mut self, i: usize) {
-        let need = self.pipeline.stages[i].resources;
+        let need = local_need(self.pipeline, i);
         self.ready
             .entry((need.cpu, need.gpu))
             .or_default()
@@ -302,6 +302,16 @@ impl<'a> Schedule<'a> {
                 }
             }
         }
+    }
+}
+
+/// What a stage takes from this machine: nothing when it runs as a cluster job.
+fn local_need(pipeline: &Pipeline, i: usize) -> crate::pipeline::kind::Resources {
+    let stage = &pipeline.stages[i];
+    if crate::running::remote::job_of(pipeline, stage).is_some() {
+        crate::pipeline::kind::Resources { cpu: 0, gpu: 0 }
+    } else {
+        stage.resources
     }
 }
 
@@ -397,7 +407,19 @@ fn run_stage(
             run.key = Some(resolved.key);
             run.parts = Some(resolved.parts.clone());
             run.sources = resolved.sources.clone();
-            execute(pipeline, stage, &resolved, store, force, ui)
+            if crate::running::remote::job_of(pipeline, stage).is_some() {
+                crate::running::remote::run_as_job(pipeline, stage, &resolved, store, force)
+            } else {
+                execute(
+                    pipeline,
+                    stage,
+                    &resolved,
+                    store,
+                    force,
+                    ui,
+                    stage.resources.cpu,
+                )
+            }
         });
     run.seconds = started.elapsed().as_secs_f64();
     match result {
@@ -432,13 +454,15 @@ impl From<Error> for StageFailure {
     }
 }
 
-fn execute(
+/// Builds a stage's entry in this process with `threads` worker threads.
+pub(crate) fn execute(
     pipeline: &Pipeline,
     stage: &Stage,
     resolved: &Resolved,
     store: &ArtifactStore,
     force: bool,
     ui: &Ui,
+    threads: u32,
 ) -> Result<(Entry, StageOutcome), StageFailure> {
     let key = resolved.key;
     let pipeline_name = pipeline_id(pipeline);
@@ -461,8 +485,10 @@ fn execute(
             parts: &resolved.parts,
             stage: &stage.name,
             pipeline: pipeline_name.clone(),
-            threads: stage.resources.cpu as usize,
+            threads: threads as usize,
             gpus: stage.resources.gpu,
+            executor: &pipeline.executor,
+            job: &stage.job,
         };
         let job = StageJob {
             inputs: resolved.inputs.clone(),
@@ -473,7 +499,7 @@ fn execute(
             progress: &progress,
             engine: Some(&engine),
         };
-        let outcome = run_guarded(stage.resources.cpu as usize, || stage.kind.run(&job));
+        let outcome = run_guarded(threads as usize, || stage.kind.run(&job));
         progress.finish();
         outcome.map(|()| true)
     });

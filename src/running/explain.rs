@@ -43,6 +43,9 @@ pub fn explain(
         State::Blocked { reason } => format!("blocked: {reason}"),
     };
     let _ = writeln!(out, "state: {state}");
+    if let Some(place) = crate::running::remote::describe(pipeline, stage) {
+        let _ = writeln!(out, "runs: {place} (where it runs is not part of the key)");
+    }
     let _ = writeln!(out, "key parts:");
     // (label, value) rows, printed with the values in one column however long the labels.
     let mut rows: Vec<(String, String)> = vec![

@@ -7,4 +7,6 @@ pub mod explain;
 pub mod metrics;
 pub mod outputs;
 pub mod plan;
+pub mod remote;
+pub mod single;
 pub mod ui;

@@ -163,6 +163,14 @@ pub fn render(pipeline: &Pipeline, rows: &[Row]) -> String {
         pipeline.name,
         pipeline.path.display()
     );
+    if let Some(cluster) = pipeline.executor.slurm() {
+        let _ = writeln!(
+            out,
+            "executor slurm: {} as jobs, tune trials as jobs; polled every {:.1}s",
+            cluster.kinds.join(", "),
+            cluster.poll_interval.as_secs_f64()
+        );
+    }
     let (mut cached, mut stale, mut blocked) = (0, 0, 0);
     for row in rows {
         let stage = &pipeline.stages[row.stage];
@@ -174,7 +182,13 @@ pub fn render(pipeline: &Pipeline, rows: &[Row]) -> String {
             }
             State::Stale { reasons, .. } => {
                 stale += 1;
-                ("stale", reasons.join("; "))
+                let mut detail = reasons.join("; ");
+                if let Some(place) = crate::running::remote::describe(pipeline, stage)
+                    && place.starts_with("slurm job")
+                {
+                    detail.push_str(&format!(" → {place}"));
+                }
+                ("stale", detail)
             }
             State::Blocked { reason } => {
                 blocked += 1;

@@ -1,4 +1,5 @@
-//! Hyper-parameter search: the tuner that drives a study of trials, and one trial segment run as its own process.
+//! Hyper-parameter search: the tuner that drives a study of trials, one trial segment run as its own process, and the launchers that run segments (child processes, Slurm jobs).
 
+pub mod slurm;
 pub mod trial;
 pub mod tuner;

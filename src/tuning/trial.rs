@@ -228,18 +228,64 @@ impl TrialCommand {
     }
 }
 
+/// Why a launched segment has no report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LaunchFailure {
+    pub message: String,
+    /// The machine lost it (a cancelled or preempted job, a failed node), not the work: running
+    /// it again may succeed.
+    pub retriable: bool,
+}
+
+impl LaunchFailure {
+    fn fatal(message: String) -> Self {
+        Self {
+            message,
+            retriable: false,
+        }
+    }
+}
+
+/// What became of a launched segment.
+pub type Outcome = std::result::Result<TrialReport, LaunchFailure>;
+
+/// A segment handed to a scheduler, with the id it goes by there (recorded in the journal, so a
+/// coordinator that is killed and run again adopts the job instead of running it twice).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Submission {
+    pub trial: usize,
+    pub until: usize,
+    pub job: String,
+}
+
+/// Reads a segment's report.
+pub fn read_report(path: &Path) -> std::result::Result<TrialReport, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+}
+
 /// Runs trial commands somewhere and says when each has ended. The tune stage only talks to this,
 /// so running the same commands through a cluster scheduler means another implementation.
 pub trait TrialLauncher {
+    /// Takes a command to run; a scheduler may hold it until `flush`.
     fn launch(&mut self, command: TrialCommand) -> Result<()>;
+    /// Sends what `launch` took and names the jobs made (none for a local launcher).
+    fn flush(&mut self) -> Result<Vec<Submission>> {
+        Ok(Vec::new())
+    }
+    /// Takes over a segment an earlier coordinator submitted as `job`; `false` when there is
+    /// nothing to take over and the segment must be launched again.
+    fn adopt(&mut self, _command: TrialCommand, _job: &str) -> Result<bool> {
+        Ok(false)
+    }
     /// Waits for one launched command to end; its report, or why there is none.
-    fn wait(&mut self) -> Option<(TrialCommand, std::result::Result<TrialReport, String>)>;
+    fn wait(&mut self) -> Option<(TrialCommand, Outcome)>;
 }
 
 /// Runs each command as a child process of this one (killed with it).
 pub struct LocalLauncher {
-    tx: mpsc::Sender<(TrialCommand, std::result::Result<TrialReport, String>)>,
-    rx: mpsc::Receiver<(TrialCommand, std::result::Result<TrialReport, String>)>,
+    tx: mpsc::Sender<(TrialCommand, Outcome)>,
+    rx: mpsc::Receiver<(TrialCommand, Outcome)>,
     running: usize,
 }
 
@@ -263,13 +309,13 @@ impl TrialLauncher for LocalLauncher {
         // The thread that starts the child waits for it: the child's parent-death signal fires
         // when this thread ends, so it must outlive the child.
         std::thread::spawn(move || {
-            let result = run_child(&command, log);
+            let result = run_child(&command, log).map_err(LaunchFailure::fatal);
             let _ = tx.send((command, result));
         });
         Ok(())
     }
 
-    fn wait(&mut self) -> Option<(TrialCommand, std::result::Result<TrialReport, String>)> {
+    fn wait(&mut self) -> Option<(TrialCommand, Outcome)> {
         if self.running == 0 {
             return None;
         }
@@ -294,9 +340,7 @@ fn run_child(
         .status()
         .map_err(|e| format!("cannot start {}: {e}", command.program.display()))?;
     match std::fs::read(&command.report) {
-        Ok(bytes) => {
-            serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", command.report.display()))
-        }
+        Ok(_) => read_report(&command.report),
         Err(_) => Err(format!(
             "the trial process ended ({status}) without a report; its log is {}",
             command.log.display()

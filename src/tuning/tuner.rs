@@ -18,6 +18,7 @@ use covseg_stages::tune::{
 
 use crate::cache::journal::Journal;
 use crate::pipeline::kind::{EngineContext, StageFailure, StageJob, StageKind};
+use crate::tuning::slurm::SlurmLauncher;
 use crate::tuning::trial::{LocalLauncher, TrialCommand, TrialLauncher, TrialReport, TrialSpec};
 
 /// One line of the journal.
@@ -56,6 +57,20 @@ enum Event {
         seconds: f64,
         at_ms: u64,
     },
+    /// The segment went to a scheduler as this job.
+    Submitted {
+        trial: usize,
+        until: usize,
+        job: String,
+        at_ms: u64,
+    },
+    /// The machine lost the segment (a cancelled job, a failed node); it runs again.
+    Retried {
+        trial: usize,
+        until: usize,
+        reason: String,
+        at_ms: u64,
+    },
 }
 
 impl Event {
@@ -65,7 +80,9 @@ impl Event {
             | Self::Trial { at_ms, .. }
             | Self::Start { at_ms, .. }
             | Self::Result { at_ms, .. }
-            | Self::Failed { at_ms, .. } => *at_ms,
+            | Self::Failed { at_ms, .. }
+            | Self::Submitted { at_ms, .. }
+            | Self::Retried { at_ms, .. } => *at_ms,
         }
     }
 }
@@ -155,7 +172,8 @@ pub fn run(
         Journal::open::<Event>(&job.work_dir.join("journal.jsonl")).map_err(StageFailure::from)?;
     let mut keys: BTreeMap<usize, String> = BTreeMap::new();
     let mut ran_ms: BTreeMap<usize, Vec<[u64; 2]>> = BTreeMap::new();
-    let earlier_ms = replay(&mut study, &mut keys, &mut ran_ms, &events);
+    let mut history = History::default();
+    let earlier_ms = replay(&mut study, &mut keys, &mut ran_ms, &mut history, &events);
     if !events.is_empty() {
         let done = study.trials().iter().filter(|t| t.segments > 0).count();
         info!(
@@ -172,8 +190,18 @@ pub fn run(
     let within_budget =
         || budget_ms == 0 || earlier_ms + started.elapsed().as_millis() as u64 <= budget_ms;
 
-    let parallel = parallel_trials(config, engine, kind);
-    let threads = (engine.threads / parallel).max(1);
+    let slurm = engine.executor.slurm();
+    let (parallel, threads) = match slurm {
+        // Each trial is a job with its own CPUs: `parallel` is the jobs in flight.
+        Some(cluster) => (
+            config.parallel.max(1),
+            cluster.trial_job(engine.job, 0).cpus as usize,
+        ),
+        None => {
+            let parallel = parallel_trials(config, engine, kind);
+            (parallel, (engine.threads / parallel).max(1))
+        }
+    };
     // The bar counts epochs, not trials: trials differ in length by a factor of the reduction
     // factor per rung, so an ETA from trials done jumps.
     let eta = config.pruner.reduction_factor.max(2);
@@ -182,10 +210,46 @@ pub fn run(
     let mut done_epochs = epochs_done(&study);
     job.progress.advance(done_epochs);
 
-    let mut launcher = LocalLauncher::default();
-    let mut pending: Vec<Job> = study.in_flight();
-    pending.reverse();
+    let mut launcher: Box<dyn TrialLauncher> = match slurm {
+        Some(cluster) => Box::new(
+            SlurmLauncher::new(
+                cluster.trial_job(engine.job, 0),
+                cluster.poll_interval,
+                engine.stage,
+            )
+            .map_err(StageFailure::from)?,
+        ),
+        None => Box::new(LocalLauncher::default()),
+    };
+    let retries = slurm.map_or(0, |c| c.retries as usize);
+    let command_for = |trial: usize, until: usize| {
+        TrialCommand::new(
+            trial,
+            until,
+            &spec_path(&trials_dir, trial),
+            threads,
+            trials_dir.join(format!("{trial}.report.json")),
+            trials_dir.join(format!("{trial}.log")),
+        )
+        .map_err(StageFailure::from)
+    };
+    let mut pending: Vec<Job> = Vec::new();
     let mut running = 0usize;
+    // Segments an earlier run left with the scheduler: taken over, not run a second time.
+    for job in study.in_flight() {
+        let adopted = match history.submitted.get(&(job.trial, job.until)) {
+            Some(id) => launcher
+                .adopt(command_for(job.trial, job.until)?, id)
+                .map_err(StageFailure::from)?,
+            None => false,
+        };
+        if adopted {
+            running += 1;
+        } else {
+            pending.push(job);
+        }
+    }
+    pending.reverse();
     let mut first_failure: Option<String> = None;
     loop {
         while running < parallel {
@@ -225,15 +289,7 @@ pub fn run(
                 })
                 .map_err(StageFailure::from)?;
             study.started(next);
-            let command = TrialCommand::new(
-                next.trial,
-                next.until,
-                &spec_path(&trials_dir, next.trial),
-                threads,
-                trials_dir.join(format!("{}.report.json", next.trial)),
-                trials_dir.join(format!("{}.log", next.trial)),
-            )
-            .map_err(StageFailure::from)?;
+            let command = command_for(next.trial, next.until)?;
             launcher.launch(command).map_err(StageFailure::from)?;
             running += 1;
             info!(
@@ -241,15 +297,54 @@ pub fn run(
                 next.trial, next.until
             );
         }
+        for sent in launcher.flush().map_err(StageFailure::from)? {
+            history
+                .submitted
+                .insert((sent.trial, sent.until), sent.job.clone());
+            journal
+                .append(&Event::Submitted {
+                    trial: sent.trial,
+                    until: sent.until,
+                    job: sent.job,
+                    at_ms: now_ms(),
+                })
+                .map_err(StageFailure::from)?;
+        }
         let Some((command, result)) = launcher.wait() else {
             break;
         };
         running -= 1;
         let n = command.trial;
-        let outcome = result.and_then(|report: TrialReport| match report.error {
-            Some(message) => Err(message),
-            None => Ok(report),
-        });
+        if let Err(lost) = &result
+            && lost.retriable
+        {
+            let used = history.retries_of(n, command.until);
+            if used < retries {
+                warn!(
+                    "trial {n}: {}; running the segment again (retry {} of {retries})",
+                    lost.message,
+                    used + 1
+                );
+                journal
+                    .append(&Event::Retried {
+                        trial: n,
+                        until: command.until,
+                        reason: lost.message.clone(),
+                        at_ms: now_ms(),
+                    })
+                    .map_err(StageFailure::from)?;
+                history.retry(n, command.until, lost.message.clone());
+                launcher.launch(command).map_err(StageFailure::from)?;
+                running += 1;
+                continue;
+            }
+        }
+        let outcome = result
+            .map_err(|f| f.message)
+            .and_then(|report: TrialReport| match report.error {
+                Some(message) => Err(message),
+                None => Ok(report),
+            });
         match outcome {
             Ok(report) => {
                 let best = report
@@ -353,6 +448,7 @@ pub fn run(
                 key: keys.get(&t.number).cloned().unwrap_or_default(),
                 error: t.failure.clone(),
                 ran_ms: ran_ms.get(&t.number).cloned().unwrap_or_default(),
+                retries: history.reasons(t.number),
             })
             .collect(),
     };
@@ -391,11 +487,41 @@ fn drop_checkpoints(
     dropped
 }
 
+/// What the journal says of segments beyond the study: the jobs they went to and their retries.
+#[derive(Default)]
+struct History {
+    /// (trial, until) → the scheduler's job id of its latest submission.
+    submitted: BTreeMap<(usize, usize), String>,
+    /// (trial, until) → why each retry happened, in order.
+    retried: BTreeMap<(usize, usize), Vec<String>>,
+}
+
+impl History {
+    fn retry(&mut self, trial: usize, until: usize, reason: String) {
+        self.retried.entry((trial, until)).or_default().push(reason);
+        // The job is gone: a rerun must not adopt it.
+        self.submitted.remove(&(trial, until));
+    }
+
+    fn retries_of(&self, trial: usize, until: usize) -> usize {
+        self.retried.get(&(trial, until)).map_or(0, Vec::len)
+    }
+
+    fn reasons(&self, trial: usize) -> Vec<String> {
+        self.retried
+            .iter()
+            .filter(|((t, _), _)| *t == trial)
+            .flat_map(|(_, r)| r.iter().cloned())
+            .collect()
+    }
+}
+
 /// Rebuilds the study from the journal; returns the wall time of the earlier runs (ms).
 fn replay(
     study: &mut Study,
     keys: &mut BTreeMap<usize, String>,
     ran_ms: &mut BTreeMap<usize, Vec<[u64; 2]>>,
+    history: &mut History,
     events: &[Event],
 ) -> u64 {
     let mut earlier_ms = 0u64;
@@ -438,6 +564,17 @@ fn replay(
                 seconds,
                 ..
             } => study.failed(*trial, message.clone(), *seconds),
+            Event::Submitted {
+                trial, until, job, ..
+            } => {
+                history.submitted.insert((*trial, *until), job.clone());
+            }
+            Event::Retried {
+                trial,
+                until,
+                reason,
+                ..
+            } => history.retry(*trial, *until, reason.clone()),
         }
         if let Some((_, last)) = session.as_mut() {
             *last = event.at_ms();
@@ -607,6 +744,8 @@ mod tests {
             pipeline: "p".into(),
             threads: 8,
             gpus: 1,
+            executor: &crate::pipeline::executor::Executor::Local,
+            job: &Default::default(),
         };
         let config = |device: &str| TuneConfig {
             parallel: 4,

@@ -16,6 +16,7 @@ mod outputs;
 mod params_from;
 mod run;
 mod serve;
+mod slurm;
 mod submission;
 mod test;
 mod train;

@@ -10,6 +10,7 @@ pub struct Test {
     dir: tempfile::TempDir,
     args: Vec<String>,
     status: i32,
+    env: Vec<(String, std::ffi::OsString)>,
 }
 
 pub struct Done {
@@ -24,6 +25,7 @@ impl Test {
             dir: tempfile::tempdir().expect("temp dir"),
             args: Vec::new(),
             status: 0,
+            env: Vec::new(),
         }
     }
 
@@ -54,12 +56,21 @@ impl Test {
         self
     }
 
+    /// An environment variable for every command of this test.
+    pub fn env(mut self, name: &str, value: impl Into<std::ffi::OsString>) -> Self {
+        self.env.push((name.to_owned(), value.into()));
+        self
+    }
+
     pub fn command(&self, args: &[String]) -> Command {
         let mut cmd = Command::new(BIN);
         cmd.args(args)
             .current_dir(self.dir.path())
             .env("NO_COLOR", "1")
             .env_remove("COVSEG_LOG");
+        for (name, value) in &self.env {
+            cmd.env(name, value);
+        }
         cmd.stdin(Stdio::null());
         cmd
     }

@@ -30,7 +30,7 @@ params_from = "@tune.best_params"
 "#;
 
 /// Phantoms → split → augment, then tune → train.
-const UPSTREAM: &str = r#"
+pub const UPSTREAM: &str = r#"
 [pipeline]
 name = "tune-tiny"
 seed = 3

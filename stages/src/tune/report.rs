@@ -36,6 +36,9 @@ pub struct TrialRow {
     /// measured them (segments of different trials overlap when trials run in parallel).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ran_ms: Vec<[u64; 2]>,
+    /// Why a segment of it ran again: the machine lost it (a cancelled job, a failed node).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retries: Vec<String>,
 }
 
 /// `trials.json`.
@@ -76,7 +79,7 @@ impl TrialsTable {
         for path in space.keys() {
             let _ = write!(out, ",{}", csv_field(path));
         }
-        out.push_str(",epochs,best_epoch,best_score,seconds,segments,scores,key,error\n");
+        out.push_str(",epochs,best_epoch,best_score,seconds,segments,scores,key,error,retries\n");
         for row in &self.trials {
             let _ = write!(out, "{},{}", row.trial, state_name(row.state));
             for path in space.keys() {
@@ -86,7 +89,7 @@ impl TrialsTable {
             let scores: Vec<String> = row.scores.iter().map(|s| format!("{s:.6}")).collect();
             let _ = writeln!(
                 out,
-                ",{},{},{},{:.3},{},{},{},{}",
+                ",{},{},{},{:.3},{},{},{},{},{}",
                 row.epochs,
                 opt(row.best_epoch),
                 opt(row.best_score.map(|s| format!("{s:.6}"))),
@@ -94,7 +97,8 @@ impl TrialsTable {
                 row.segments,
                 scores.join(";"),
                 row.key,
-                csv_field(row.error.as_deref().unwrap_or(""))
+                csv_field(row.error.as_deref().unwrap_or("")),
+                csv_field(&row.retries.join("; "))
             );
         }
         out
@@ -196,6 +200,7 @@ mod tests {
             segments: 1,
             key: "abc".into(),
             error: None,
+            retries: Vec::new(),
             ran_ms: Vec::new(),
         };
         let table = TrialsTable {
