@@ -161,8 +161,25 @@ pub fn run_as_job(
     cancel::untrack(&[id]);
     let _ = std::fs::remove_file(&record_path);
     let status = ended?;
-    if let Some(entry) = store.lookup(&key)? {
-        return Ok((entry, StageOutcome::Ran));
+    // After a job that completed, its entry may take a moment to be visible on a shared
+    // filesystem (NFS caches lookups).
+    let completed = status
+        .as_ref()
+        .is_some_and(|s| s.phase() == Phase::Completed);
+    let deadline = Instant::now()
+        + if completed {
+            client::SETTLE
+        } else {
+            std::time::Duration::ZERO
+        };
+    loop {
+        if let Some(entry) = store.lookup(&key)? {
+            return Ok((entry, StageOutcome::Ran));
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
     }
     let what = match &status {
         Some(s) if s.phase() == Phase::Completed => "ended without its result".to_owned(),
@@ -197,9 +214,24 @@ fn watch(
 ) -> Result<Option<JobStatus>, StageFailure> {
     let mut seen = String::new();
     let mut missing_since: Option<Instant> = None;
+    let mut unreachable: Option<Instant> = None;
     loop {
-        match client::status(&[id.job]) {
-            Err(e) => warn!(stage = %stage.name, "cannot read the Slurm queue, trying again: {e}"),
+        let answer = client::status(&[id.job]);
+        if answer.is_ok() {
+            unreachable = None;
+        }
+        match answer {
+            Err(e) => {
+                let since = *unreachable.get_or_insert_with(Instant::now);
+                if since.elapsed() >= client::UNREACHABLE {
+                    let _ = client::cancel(&[id]);
+                    return Err(failure(format!(
+                        "the Slurm controller has not answered for {} minutes ({e}); slurm job {id} was given up",
+                        client::UNREACHABLE.as_secs() / 60
+                    )));
+                }
+                warn!(stage = %stage.name, "cannot read the Slurm queue, trying again: {e}");
+            }
             Ok(known) => match known.get(&id) {
                 None => {
                     let since = *missing_since.get_or_insert_with(Instant::now);

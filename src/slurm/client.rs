@@ -11,6 +11,14 @@ use crate::error::{Diagnostic, Error, Result};
 use crate::pipeline::executor::JobResources;
 use crate::slurm::job::{JobId, JobStatus, parse_sacct, parse_scontrol};
 
+/// How long what a completed job wrote (a report, a cache entry) may take to become visible to
+/// this process: NFS clients cache lookups, so another node's new file can lag a little.
+pub const SETTLE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long a controller that does not answer is waited for before the jobs it holds count as
+/// failed (a restart or a failover takes well under this).
+pub const UNREACHABLE: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// One batch job to submit: a job, or an array whose task `t` runs `tasks[t]`.
 pub struct Submission<'a> {
     pub name: String,

@@ -34,6 +34,8 @@ pub struct SlurmLauncher {
     active: BTreeMap<JobId, Active>,
     /// Submissions made, numbered for their script files.
     batches: usize,
+    /// Since when the controller has not answered.
+    unreachable: Option<Instant>,
 }
 
 /// A job the controller cannot find yet is given this long to appear before it counts as lost.
@@ -50,6 +52,7 @@ impl SlurmLauncher {
             queued: Vec::new(),
             active: BTreeMap::new(),
             batches: 0,
+            unreachable: None,
         })
     }
 
@@ -58,10 +61,29 @@ impl SlurmLauncher {
         self.active.remove(&id).map(|a| a.command)
     }
 
-    /// The result of a job that has ended: its report, or why there is none.
-    fn ended(command: &TrialCommand, id: JobId, why: Option<(String, bool)>) -> Outcome {
-        if let Ok(report) = read_report(&command.report) {
-            return Ok(report);
+    /// The result of a job that has ended: its report, or why there is none. After a job that
+    /// completed, a report not visible yet is waited for a little: on NFS another node's new file
+    /// can take a moment to appear (the README's notes on shared caches).
+    fn ended(
+        command: &TrialCommand,
+        id: JobId,
+        why: Option<(String, bool)>,
+        completed: bool,
+    ) -> Outcome {
+        let deadline = Instant::now()
+            + if completed {
+                client::SETTLE
+            } else {
+                Duration::ZERO
+            };
+        loop {
+            if let Ok(report) = read_report(&command.report) {
+                return Ok(report);
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(250));
         }
         let (what, retriable) = why.unwrap_or_else(|| {
             (
@@ -144,24 +166,16 @@ impl TrialLauncher for SlurmLauncher {
             return Ok(false);
         };
         let known = client::status(&[id.job])?;
-        let Some(status) = known.get(&id) else {
-            // Forgotten: its report, if it wrote one, is still the segment's result.
-            if read_report(&command.report).is_ok() {
-                self.active.insert(
-                    id,
-                    Active {
-                        command,
-                        seen: String::new(),
-                        since: Instant::now() - GRACE,
-                    },
-                );
-                return Ok(true);
-            }
+        let active = known.get(&id).is_some_and(|s| s.phase() == Phase::Active);
+        // A job that ended is taken over only for the report it wrote; one that ended without a
+        // report (cancelled with the earlier coordinator, lost) is simply launched again.
+        if !active && read_report(&command.report).is_err() {
             return Ok(false);
-        };
+        }
+        let state = known.get(&id).map_or("gone", |s| s.state.as_str());
         info!(
-            "trial {}: adopting slurm job {id} ({}) from an earlier run",
-            command.trial, status.state
+            "trial {}: adopting slurm job {id} ({state}) from an earlier run",
+            command.trial
         );
         cancel::track(&[id]);
         self.active.insert(
@@ -169,7 +183,14 @@ impl TrialLauncher for SlurmLauncher {
             Active {
                 command,
                 seen: String::new(),
-                since: Instant::now(),
+                // A job the controller has forgotten is read at the next look, not after a grace.
+                since: if known.contains_key(&id) {
+                    Instant::now()
+                } else {
+                    Instant::now()
+                        .checked_sub(GRACE)
+                        .unwrap_or_else(Instant::now)
+                },
             },
         );
         Ok(true)
@@ -186,10 +207,31 @@ impl TrialLauncher for SlurmLauncher {
                 j
             };
             let known = match client::status(&jobs) {
-                Ok(k) => k,
+                Ok(k) => {
+                    self.unreachable = None;
+                    k
+                }
                 Err(e) => {
                     // A controller that does not answer for a while (restart, failover) is
-                    // waited out; the jobs go on without it.
+                    // waited out; the jobs go on without it. One that stays away fails the
+                    // segments instead of hanging the search.
+                    let since = *self.unreachable.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= client::UNREACHABLE {
+                        let id = *self.active.keys().next()?;
+                        let _ = client::cancel(&[id]);
+                        let command = self.finish(id)?;
+                        let message = format!(
+                            "the Slurm controller has not answered for {} minutes ({e}); slurm job {id} was given up",
+                            client::UNREACHABLE.as_secs() / 60
+                        );
+                        return Some((
+                            command,
+                            Err(LaunchFailure {
+                                message,
+                                retriable: false,
+                            }),
+                        ));
+                    }
                     warn!("cannot read the Slurm queue, trying again: {e}");
                     std::thread::sleep(self.poll.max(Duration::from_secs(2)));
                     continue;
@@ -204,7 +246,7 @@ impl TrialLauncher for SlurmLauncher {
                         continue;
                     }
                     let command = self.finish(id)?;
-                    let outcome = Self::ended(&command, id, None);
+                    let outcome = Self::ended(&command, id, None, false);
                     return Some((command, outcome));
                 };
                 let seen = if status.reason.is_empty() || status.reason == "None" {
@@ -234,8 +276,8 @@ impl TrialLauncher for SlurmLauncher {
                 };
                 let command = self.finish(id)?;
                 let outcome = match why {
-                    None => Self::ended(&command, id, Some(("completed".into(), false))),
-                    Some(why) => Self::ended(&command, id, Some(why)),
+                    None => Self::ended(&command, id, Some(("completed".into(), false)), true),
+                    Some(why) => Self::ended(&command, id, Some(why), false),
                 };
                 return Some((command, outcome));
             }

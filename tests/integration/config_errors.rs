@@ -139,3 +139,42 @@ fn split_needs_exactly_one_source() {
         "{SYNTH}\n[[stage]]\nname = \"split\"\nkind = \"split\"\ninputs = {{ medseg_images = \"@phantoms.images\", medseg_masks = \"@phantoms.masks\", folder = \"data\" }}\n"
     )));
 }
+
+#[test]
+fn executor_mistakes_name_the_setting_and_the_fix() {
+    let cases = [
+        ("unknown executor", "[executor]\nkind = \"slrum\"\n"),
+        (
+            "unknown key",
+            "[executor]\nkind = \"slurm\"\npartiton = \"gpu\"\n",
+        ),
+        ("time", "[executor]\nkind = \"slurm\"\ntime = \"2h\"\n"),
+        (
+            "time of a kind",
+            "[executor]\nkind = \"slurm\"\ntime = { trian = \"1:00:00\" }\n",
+        ),
+        ("mem", "[executor]\nkind = \"slurm\"\nmem = \"lots\"\n"),
+        (
+            "poll interval",
+            "[executor]\nkind = \"slurm\"\npoll_interval = 0.0\n",
+        ),
+        (
+            "job kinds",
+            "[executor]\nkind = \"slurm\"\nkinds = [\"trian\"]\n",
+        ),
+        (
+            "a stage's time",
+            "[[stage]]\nname = \"phantoms\"\nkind = \"synth\"\nresources = { time = \"soon\" }\n",
+        ),
+    ];
+    let mut text = String::new();
+    for (what, toml) in cases {
+        let toml = if toml.contains("[[stage]]") {
+            toml.to_owned()
+        } else {
+            format!("{toml}\n{SYNTH}")
+        };
+        text.push_str(&format!("# {what}\n{}\n", error_of(&toml)));
+    }
+    insta::assert_snapshot!(text);
+}

@@ -107,19 +107,46 @@ fn table_rows(table: &Value) -> Vec<(Value, Value, Value)> {
         .collect()
 }
 
+/// The demo pipeline up to its tune stage, one CPU per trial (so both executors do the same
+/// arithmetic), with an `[executor]` table.
+fn demo_tune(executor: &str) -> String {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/demo.toml"))
+        .unwrap();
+    let mut parts = text.split("\n[[stage]]");
+    let mut out = parts.next().unwrap().trim_end().to_owned();
+    out.push('\n');
+    out.push_str(executor);
+    for stage in parts {
+        let is_tune = stage.contains("\nname = \"tune\"\n");
+        let stage = if is_tune {
+            stage.replacen(
+                "kind = \"tune\"\n",
+                "kind = \"tune\"\nresources = { cpu = 1 }\n",
+                1,
+            )
+        } else {
+            stage.to_owned()
+        };
+        out.push_str("\n[[stage]]");
+        out.push_str(&stage);
+        if is_tune {
+            break;
+        }
+    }
+    out
+}
+
 #[test]
-fn tune_on_slurm_gives_the_local_executors_trials_table() {
-    let Some(mut remote) = on_slurm(&tune_pipeline(EXECUTOR, "parallel = 1")) else {
+fn the_demos_tune_stage_on_slurm_gives_the_local_executors_trials_table() {
+    let Some(mut remote) = on_slurm(&demo_tune(EXECUTOR)) else {
         return;
     };
-    // One thread per trial on both, so their arithmetic is the same.
-    let local_toml = tune_pipeline("", "parallel = 1").replace(
-        "kind = \"tune\"\n",
-        "kind = \"tune\"\nresources = { cpu = 1 }\n",
+    let toml = demo_tune("");
+    assert!(
+        !toml.contains("parallel"),
+        "the demo tunes one trial at a time"
     );
-    let mut local = Test::new()
-        .pipeline(&local_toml)
-        .args(["run", "--stage", "tune"]);
+    let mut local = Test::new().pipeline(&toml).args(["run", "--stage", "tune"]);
     local.run();
     let done = remote.then(["run", "--stage", "tune"]).go();
     assert!(
@@ -142,9 +169,16 @@ fn tune_on_slurm_gives_the_local_executors_trials_table() {
             .collect()
     };
     assert_eq!(keys(&remote), keys(&local), "the executor entered a key");
-    // The trials' logs hold what the jobs printed.
     let plan = remote.then(["plan"]).go();
     assert!(plan.stdout.contains("executor slurm"), "{}", plan.stdout);
+    let explain = remote.then(["explain", "tune"]).go();
+    assert!(
+        explain
+            .stdout
+            .contains("runs: here, its trials as slurm jobs: time (default), 1 cpu"),
+        "{}",
+        explain.stdout
+    );
 }
 
 /// Heavier trials than the tune tests', so that a job is caught running.
@@ -358,4 +392,72 @@ params = { epochs = 2, device = "cpu", model = { encoder = "plain", encoder_dept
         "{}",
         explain.stdout
     );
+}
+
+#[test]
+fn a_requeued_trial_job_goes_on_from_its_checkpoint_and_scores_as_if_never_stopped() {
+    let toml = slow_tune("parallel = 1")
+        .replace("trials = 4", "trials = 1")
+        .replace("min_epochs = 1,", "min_epochs = 12,");
+    let Some(mut t) = on_slurm(&toml) else {
+        return;
+    };
+    t.then(["run", "--stage", "augment"]).go();
+    let child = t
+        .command(&["run".into(), "--stage".into(), "tune".into()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Requeue once the trial has a checkpoint: Slurm kills the running job and runs it again.
+    let mut requeued = String::new();
+    wait_for(
+        "a running trial with a checkpoint",
+        Duration::from_secs(120),
+        || {
+            let Some((id, _)) = jobs_of(&t).into_iter().find(|(_, s)| s == "RUNNING") else {
+                return false;
+            };
+            let has_checkpoint = walk(&t.cache().join("work"))
+                .iter()
+                .any(|p| p.to_string_lossy().contains("checkpoint"));
+            if has_checkpoint {
+                slurm(&["scontrol", "requeue", &id]);
+                requeued = id;
+            }
+            has_checkpoint
+        },
+    );
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let restarts = slurm(&["scontrol", "show", "job", "-o", &requeued]);
+    assert!(restarts.contains("Restarts=1"), "not requeued: {restarts}");
+    // The same trial run straight through, locally.
+    let mut clean = Test::new()
+        .pipeline(
+            &toml
+                .replace("kind = \"slurm\"", "kind = \"local\"")
+                .replace(
+                    "kind = \"tune\"\n",
+                    "kind = \"tune\"\nresources = { cpu = 1 }\n",
+                ),
+        )
+        .args(["run", "--stage", "tune"]);
+    clean.run();
+    assert_eq!(table_rows(&trials(&t)), table_rows(&trials(&clean)));
+    t.then(["cache", "verify"]).go();
+}
+
+fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            }
+            out.push(p);
+        }
+    }
+    out
 }
