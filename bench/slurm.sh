@@ -31,6 +31,8 @@ text = open(sys.argv[1]).read()
 kind, poll = sys.argv[2], sys.argv[3]
 stages = text.split("\n[[stage]]")
 head, stages = stages[0], stages[1:]
+# Each run's own cache and outputs folder, beside its pipeline file.
+head = "\n".join(l for l in head.splitlines() if not l.startswith(("cache =", "outputs =")))
 keep = []
 for s in stages:
     keep.append(s)

@@ -56,6 +56,8 @@ params = { epochs = 3, device = "cpu", model = { encoder = "plain", encoder_dept
     t.run();
     let stage = || {
         t.command(&["stage".into(), "train".into()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap()
     };

@@ -113,7 +113,14 @@ fn demo_tune(executor: &str) -> String {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/demo.toml"))
         .unwrap();
     let mut parts = text.split("\n[[stage]]");
-    let mut out = parts.next().unwrap().trim_end().to_owned();
+    // Each test's own cache and outputs, not the repository's.
+    let mut out: String = parts
+        .next()
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("cache =") && !l.starts_with("outputs ="))
+        .map(|l| format!("{l}\n"))
+        .collect();
     out.push('\n');
     out.push_str(executor);
     for stage in parts {
