@@ -37,6 +37,16 @@ pub fn run(
     let stage = &pipeline.stages[index];
     crate::pipeline::resolve::check_external(pipeline, &dag.selection(&[index]))?;
     let _gc_guard = store.lock_shared()?;
+    // The entries of a stage's direct upstream stages, by name.
+    let upstream_of = |i: usize, entries: &BTreeMap<String, Entry>| -> BTreeMap<String, Entry> {
+        dag.upstream(i)
+            .into_iter()
+            .filter_map(|d| {
+                let name = &pipeline.stages[d].name;
+                entries.get(name).map(|e| (name.clone(), e.clone()))
+            })
+            .collect()
+    };
     // Upstream entries, in graph order, each found in the cache.
     let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
     for &u in &dag.with_ancestors(&[index]) {
@@ -44,15 +54,7 @@ pub fn run(
             continue;
         }
         let up = &pipeline.stages[u];
-        let upstream: BTreeMap<String, Entry> = dag
-            .upstream(u)
-            .into_iter()
-            .filter_map(|d| {
-                let name = &pipeline.stages[d].name;
-                entries.get(name).map(|e| (name.clone(), e.clone()))
-            })
-            .collect();
-        let resolved = resolve::resolve(pipeline, up, &upstream, memo)?;
+        let resolved = resolve::resolve(pipeline, up, &upstream_of(u, &entries), memo)?;
         let Some(entry) = store.lookup(&resolved.key)? else {
             return Err(Diagnostic::new(format!(
                 "stage `{}` needs `{}`, which is not in the cache {}",
@@ -68,15 +70,7 @@ pub fn run(
         };
         entries.insert(up.name.clone(), entry);
     }
-    let upstream: BTreeMap<String, Entry> = dag
-        .upstream(index)
-        .into_iter()
-        .filter_map(|d| {
-            let name = &pipeline.stages[d].name;
-            entries.get(name).map(|e| (name.clone(), e.clone()))
-        })
-        .collect();
-    let resolved = resolve::resolve(pipeline, stage, &upstream, memo)?;
+    let resolved = resolve::resolve(pipeline, stage, &upstream_of(index, &entries), memo)?;
     if let Some(expected) = options.key
         && expected != resolved.key.hex()
     {

@@ -195,12 +195,16 @@ fn slow_tune(tune_params: &str) -> String {
         .replace("epochs = 4,", "epochs = 12,")
 }
 
+/// One trial in one segment of 12 epochs: long enough to be caught running.
+fn one_long_trial() -> String {
+    slow_tune("parallel = 1")
+        .replace("trials = 4", "trials = 1")
+        .replace("min_epochs = 1,", "min_epochs = 12,")
+}
+
 #[test]
 fn a_cancelled_trial_job_is_retried_and_the_reason_is_in_the_table() {
-    // One trial in one segment of 12 epochs: long enough to be cancelled while it runs.
-    let toml = slow_tune("parallel = 1")
-        .replace("trials = 4", "trials = 1")
-        .replace("min_epochs = 1,", "min_epochs = 12,");
+    let toml = one_long_trial();
     let Some(mut t) = on_slurm(&toml) else {
         return;
     };
@@ -403,9 +407,7 @@ params = { epochs = 2, device = "cpu", model = { encoder = "plain", encoder_dept
 
 #[test]
 fn a_requeued_trial_job_goes_on_from_its_checkpoint_and_scores_as_if_never_stopped() {
-    let toml = slow_tune("parallel = 1")
-        .replace("trials = 4", "trials = 1")
-        .replace("min_epochs = 1,", "min_epochs = 12,");
+    let toml = one_long_trial();
     let Some(mut t) = on_slurm(&toml) else {
         return;
     };
