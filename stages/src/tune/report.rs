@@ -185,7 +185,7 @@ mod tests {
                 Distribution::Choice(vec![json!("plain"), json!("efficientnet-b0")]),
             ),
         ]);
-        let row = |trial, state, lr: f64, scores: Vec<f64>| TrialRow {
+        let row = |trial, state, lr: f64, scores: Vec<f64>, retries: Vec<String>| TrialRow {
             trial,
             state,
             params: Sample::from([
@@ -200,7 +200,7 @@ mod tests {
             segments: 1,
             key: "abc".into(),
             error: None,
-            retries: Vec::new(),
+            retries,
             ran_ms: Vec::new(),
         };
         let table = TrialsTable {
@@ -209,21 +209,32 @@ mod tests {
             best_score: 0.7,
             best_params: json!({"lr": 0.001}),
             trials: vec![
-                row(0, TrialState::Completed, 0.001, vec![0.5, 0.6, 0.7]),
-                row(1, TrialState::Pruned, 0.005, vec![0.2]),
+                row(0, TrialState::Completed, 0.001, vec![0.5, 0.6, 0.7], vec![]),
+                row(
+                    1,
+                    TrialState::Pruned,
+                    0.005,
+                    vec![0.2],
+                    vec!["NODE_FAIL".into(), "PREEMPTED, requeued".into()],
+                ),
             ],
         };
         let csv = table.csv(&space);
         let lines: Vec<&str> = csv.lines().collect();
         assert_eq!(
             lines[0],
-            "trial,state,lr,model.encoder,epochs,best_epoch,best_score,seconds,segments,scores,key,error"
+            "trial,state,lr,model.encoder,epochs,best_epoch,best_score,seconds,segments,scores,key,error,retries"
         );
         assert_eq!(
             lines[1],
-            "0,completed,0.001,plain,3,1,0.700000,1.500,1,0.500000;0.600000;0.700000,abc,"
+            "0,completed,0.001,plain,3,1,0.700000,1.500,1,0.500000;0.600000;0.700000,abc,,"
         );
         assert!(lines[2].starts_with("1,pruned,0.005,plain,1,"));
+        assert!(
+            lines[2].ends_with(",abc,,\"NODE_FAIL; PREEMPTED, requeued\""),
+            "{}",
+            lines[2]
+        );
         let dir = tempfile::tempdir().unwrap();
         let p = |n: &str| dir.path().join(n);
         write_outputs(
