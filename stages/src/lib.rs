@@ -25,6 +25,7 @@ pub mod submission;
 #[cfg(feature = "model")]
 pub mod training;
 pub mod tune;
+pub mod volume;
 
 pub use error::{Error, Result};
 pub use progress::{NoProgress, Progress};
