@@ -12,7 +12,7 @@ pub(super) struct Predict;
 const PREDICT_OUT: OutputSpec = OutputSpec {
     name: "predictions",
     file: "predictions",
-    about: "folder: masks.npy (N,H,W,2) bool for .npy input, or <id>.png labels (0/1 GGO/2 consolidation) for an image folder",
+    about: "folder: masks.npy (N,H,W,2) bool for .npy input, <id>.png labels (0/1 GGO/2 consolidation) for an image folder, or for volumes <name>.nii.gz labels aligned with the input (3 = other lung) with <name>.report.json/.html",
 };
 const PREDICT_OVERLAYS: OutputSpec = OutputSpec {
     name: "overlays",
@@ -30,7 +30,7 @@ impl StageKind for Predict {
         const SPEC: KindSpec = KindSpec {
             name: "predict",
             version: 3,
-            about: "applies a bundle (with its thresholds) to new slices: the Kaggle test .npy or an image folder; optional flip TTA",
+            about: "applies a bundle (with its thresholds) to new slices: the Kaggle test .npy, an image folder, or CT volumes (NIfTI, DICOM series) with a lung-involvement report; optional flip TTA",
             inputs: &[
                 InputSpec {
                     name: "bundle",
@@ -46,6 +46,11 @@ impl StageKind for Predict {
                     name: "folder",
                     required: false,
                     about: "an image folder (images/<id>.png|jpg, or the images themselves)",
+                },
+                InputSpec {
+                    name: "volumes",
+                    required: false,
+                    about: "CT volumes in HU: a .nii/.nii.gz file, a DICOM series folder, or a folder of .nii.gz files",
                 },
                 InputSpec {
                     name: "thresholds",
@@ -74,12 +79,20 @@ impl StageKind for Predict {
     }
 
     fn check_inputs(&self, wired: &[&str], _params: &serde_json::Value) -> Result<(), String> {
-        match (wired.contains(&"images"), wired.contains(&"folder")) {
-            (true, true) => Err("give either `images` (.npy) or `folder`, not both".into()),
-            (false, false) => {
-                Err("needs `images` (Kaggle .npy) or `folder` (an image folder)".into())
-            }
-            _ => Ok(()),
+        let given: Vec<&str> = ["images", "folder", "volumes"]
+            .into_iter()
+            .filter(|n| wired.contains(n))
+            .collect();
+        match given.len() {
+            1 => Ok(()),
+            0 => Err(
+                "needs `images` (Kaggle .npy), `folder` (an image folder) or `volumes` (NIfTI or DICOM)"
+                    .into(),
+            ),
+            _ => Err(format!(
+                "give one of `images`, `folder` and `volumes`, not {}",
+                given.join(" and ")
+            )),
         }
     }
 
@@ -97,9 +110,10 @@ impl StageKind for Predict {
                 ))
             })?;
         }
-        let input = match job.input("folder") {
-            Some(folder) => predict::PredictInput::Folder(folder.to_owned()),
-            None => predict::PredictInput::Kaggle(job.required("images")?.to_owned()),
+        let input = match (job.input("folder"), job.input("volumes")) {
+            (Some(folder), _) => predict::PredictInput::Folder(folder.to_owned()),
+            (None, Some(volumes)) => predict::PredictInput::Volumes(volumes.to_owned()),
+            (None, None) => predict::PredictInput::Kaggle(job.required("images")?.to_owned()),
         };
         let out = job.output(&PREDICT_OUT);
         let done = predict::predict(&bundle, &input, &config, &out, job.progress)?;

@@ -5,6 +5,12 @@
 //! - An image folder (`images/<id>.png|jpg`, or the images directly) → one label PNG per input,
 //!   same id, at the input's own size: 0 background, 1 GGO, 2 consolidation.
 //!
+//! - A CT volume (`.nii[.gz]`, a DICOM series folder, or a folder of `.nii[.gz]` files) →
+//!   `<name>.nii.gz`, a label map with exactly the input's affine and shape (0 background,
+//!   1 GGO, 2 consolidation, 3 other lung, from an approximate lung mask), `<name>.report.json`
+//!   and `<name>.report.html` (lesion and lung mL, involvement %, MosMed grade), and with
+//!   `probability_maps`, `<name>.ggo.nii.gz` and `<name>.consolidation.nii.gz`.
+//!
 //! Slices are preprocessed as the split fixed (window, resize to the training size, normalise);
 //! probabilities are resized back to each slice's own size before the per-class thresholds of the
 //! bundle apply. Where both classes pass their threshold a label image says consolidation (the
@@ -19,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::intensity::{Preprocessing, SourceKind};
 use crate::data::{folder, kaggle, npy, resize};
 use crate::training::Bundle;
-use crate::{Error, Progress, Result};
+use crate::{Error, Progress, Result, volume};
 
 /// Test-time augmentation: predictions on mirrored copies, un-mirrored and averaged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -55,6 +61,8 @@ pub struct PredictConfig {
     /// Overlay PNGs written (the first slices), 0 for none.
     pub overlays: usize,
     pub device: crate::training::DeviceChoice,
+    /// For volume input: also write each class's probabilities as a float NIfTI.
+    pub probability_maps: bool,
 }
 
 impl Default for PredictConfig {
@@ -64,6 +72,7 @@ impl Default for PredictConfig {
             batch_size: 4,
             overlays: 8,
             device: crate::training::DeviceChoice::Auto,
+            probability_maps: false,
         }
     }
 }
@@ -204,6 +213,8 @@ pub enum PredictInput {
     Kaggle(PathBuf),
     /// An image folder: `root/images/*` or `root/*`, png or jpg, 8-bit grey.
     Folder(PathBuf),
+    /// CT volumes in HU: a `.nii[.gz]` file, a DICOM folder, or a folder of `.nii[.gz]` files.
+    Volumes(PathBuf),
 }
 
 /// What [`predict`] wrote.
@@ -226,6 +237,9 @@ pub fn predict(
     config.validate()?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let thresholds = [bundle.thresholds.ggo, bundle.thresholds.consolidation];
+    if let PredictInput::Volumes(path) = input {
+        return predict_volumes(bundle, path, config, out, progress);
+    }
     let (slices, names): (Vec<Array2<f32>>, Option<Vec<String>>) = match input {
         PredictInput::Kaggle(path) => {
             let images = kaggle::read_images(path)?;
@@ -245,15 +259,17 @@ pub fn predict(
             }
             (slices, Some(found.into_iter().map(|(id, _)| id).collect()))
         }
+        PredictInput::Volumes(_) => unreachable!("handled above"),
     };
     if slices.is_empty() {
-        let (PredictInput::Kaggle(path) | PredictInput::Folder(path)) = input;
+        let (PredictInput::Kaggle(path) | PredictInput::Folder(path) | PredictInput::Volumes(path)) =
+            input;
         return Err(Error::invalid_data(path, "holds no slices to predict"));
     }
     if bundle.preprocessing.source == SourceKind::Hu && names.is_some() {
         return Err(Error::invalid_data(
             match input {
-                PredictInput::Folder(p) | PredictInput::Kaggle(p) => p,
+                PredictInput::Folder(p) | PredictInput::Kaggle(p) | PredictInput::Volumes(p) => p,
             },
             "the model was trained on HU slices (.npy), this is an 8-bit image folder; predict the same kind of data it was trained on",
         ));
@@ -261,7 +277,7 @@ pub fn predict(
     if bundle.preprocessing.source == SourceKind::EightBit && names.is_none() {
         return Err(Error::invalid_data(
             match input {
-                PredictInput::Folder(p) | PredictInput::Kaggle(p) => p,
+                PredictInput::Folder(p) | PredictInput::Kaggle(p) | PredictInput::Volumes(p) => p,
             },
             "the model was trained on an 8-bit image folder, these are HU slices; predict the same kind of data it was trained on",
         ));
@@ -320,6 +336,120 @@ pub fn predict(
         },
         overlays,
     })
+}
+
+/// Predicts every volume at `path`: a label NIfTI aligned with each, its report (JSON and HTML)
+/// and optionally the probability maps.
+fn predict_volumes(
+    bundle: &Bundle,
+    path: &Path,
+    config: &PredictConfig,
+    out: &Path,
+    progress: &dyn Progress,
+) -> Result<Predicted> {
+    if bundle.preprocessing.source != SourceKind::Hu {
+        return Err(Error::invalid_data(
+            path,
+            "the model was trained on an 8-bit image folder, these are CT volumes in HU; \
+             predict the same kind of data it was trained on",
+        ));
+    }
+    let thresholds = [bundle.thresholds.ggo, bundle.thresholds.consolidation];
+    let volumes = volume::read_all(path)?;
+    let started = Instant::now();
+    let (mut model_seconds, mut slices) = (0.0, 0);
+    let mut overlays = Vec::new();
+    let mut used = std::collections::BTreeSet::new();
+    for v in &volumes {
+        let mut name = v.name.clone();
+        let mut n = 1;
+        while !used.insert(name.clone()) {
+            n += 1;
+            name = format!("{}_{n}", v.name);
+        }
+        for w in &v.warnings {
+            tracing::warn!(volume = %name, "{w}");
+        }
+        let [ni, nj, nk] = v.shape();
+        // Slices as images: rows are j, columns i (as a DICOM viewer shows them).
+        let images: Vec<Array2<f32>> = v.hu.axis_iter(Axis(2)).map(|s| s.t().to_owned()).collect();
+        let (probs, seconds) = run(bundle, &images, config, progress)?;
+        model_seconds += seconds;
+        slices += nk;
+        let mut lesions = Array3::<u8>::zeros((ni, nj, nk));
+        for (k, p) in probs.iter().enumerate() {
+            lesions
+                .index_axis_mut(Axis(2), k)
+                .assign(&labels(p.view(), thresholds).t());
+        }
+        let (label_map, report, _) = volume::report::assess(v, &lesions);
+        volume::nifti::write_labels(&out.join(format!("{name}.nii.gz")), label_map.view(), v)?;
+        let json = serde_json::to_string_pretty(&report).expect("a report serialises");
+        write_text(&out.join(format!("{name}.report.json")), &(json + "\n"))?;
+        write_text(
+            &out.join(format!("{name}.report.html")),
+            &report.html(v, &label_map, 4)?,
+        )?;
+        if config.probability_maps {
+            for (c, class) in ["ggo", "consolidation"].iter().enumerate() {
+                let mut map = ndarray::Array3::<f32>::zeros((ni, nj, nk));
+                for (k, p) in probs.iter().enumerate() {
+                    map.index_axis_mut(Axis(2), k)
+                        .assign(&p.index_axis(Axis(0), c).t());
+                }
+                volume::nifti::write_map(
+                    &out.join(format!("{name}.{class}.nii.gz")),
+                    map.view(),
+                    v,
+                )?;
+            }
+        }
+        // Overlays: the slices with the most lesion, in order.
+        let mut ranked: Vec<(usize, usize)> = (0..nk)
+            .map(|k| {
+                (
+                    k,
+                    label_map
+                        .index_axis(Axis(2), k)
+                        .iter()
+                        .filter(|&&l| l == 1 || l == 2)
+                        .count(),
+                )
+            })
+            .collect();
+        ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        for &(k, _) in ranked
+            .iter()
+            .take(config.overlays.saturating_sub(overlays.len()))
+        {
+            let shown = bundle.preprocessing.windows[0].apply_all(images[k].view());
+            let lab = label_map.index_axis(Axis(2), k).t().to_owned();
+            overlays.push(crate::render::overlay(shown.view(), lab.view()));
+        }
+        tracing::info!(
+            volume = %name,
+            involvement = report.involvement_percent.whole,
+            grade = %report.mosmed_grade,
+            "predicted"
+        );
+    }
+    Ok(Predicted {
+        timing: Timing {
+            slices,
+            tta: config.tta,
+            seconds_per_slice: model_seconds / slices.max(1) as f64,
+            total_seconds: started.elapsed().as_secs_f64(),
+        },
+        overlays,
+    })
+}
+
+fn write_text(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| Error::io(path, e))
 }
 
 #[cfg(test)]
@@ -452,6 +582,96 @@ mod tests {
         assert!(
             err.to_string()
                 .ends_with("empty.npy: holds no slices to predict"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_volume_gets_an_aligned_label_nifti_and_a_report() {
+        use crate::volume::{Affine, Source, Volume, dicom::SeriesInfo};
+        let dir = tempfile::tempdir().unwrap();
+        let mut model = bundle(&dir.path().join("bundle"), false);
+        // An oblique, LPS-ordered grid of 40×36×3 voxels written as NIfTI through the DICOM
+        // path's header synthesis, then read back as the input.
+        let hu = Array3::from_shape_fn((40, 36, 3), |(i, j, k)| {
+            let (x, y) = (i as f32 - 20.0, j as f32 - 18.0);
+            if (x / 18.0).powi(2) + (y / 15.0).powi(2) < 1.0 {
+                if ((x.abs() - 8.0) / 5.0).powi(2) + (y / 9.0).powi(2) < 1.0 {
+                    -850.0 + 10.0 * k as f32
+                } else {
+                    40.0
+                }
+            } else {
+                -1000.0
+            }
+        });
+        let s = std::f64::consts::FRAC_1_SQRT_2;
+        let affine = Affine::from_columns(
+            [-0.8 * s, -0.8 * s, 0.0],
+            [0.8 * s, -0.8 * s, 0.0],
+            [0.0, 0.0, 2.5],
+            [10.0, -20.0, 30.0],
+        );
+        let source = Volume {
+            hu: hu.clone(),
+            affine,
+            name: "case".into(),
+            source: Source::Dicom(SeriesInfo {
+                series_uid: "1.2".into(),
+                study_uid: String::new(),
+                series_number: None,
+                modality: "CT".into(),
+                sop_instances: vec![],
+                files: vec![],
+                transfer_syntaxes: vec![],
+            }),
+            warnings: vec![],
+        };
+        let input = dir.path().join("case.nii.gz");
+        crate::volume::nifti::write_map(&input, hu.view(), &source).unwrap();
+        let config = PredictConfig {
+            probability_maps: true,
+            ..PredictConfig::default()
+        };
+        let out = dir.path().join("out");
+        let done = predict(
+            &model,
+            &PredictInput::Volumes(input.clone()),
+            &config,
+            &out,
+            &crate::NoProgress,
+        )
+        .unwrap();
+        assert_eq!(done.timing.slices, 3);
+        let read = |p: &Path| crate::volume::nifti::read(p).unwrap();
+        let (original, labels) = (read(&input), read(&out.join("case.nii.gz")));
+        assert_eq!(labels.shape(), original.shape());
+        assert_eq!(labels.affine, original.affine);
+        assert!(labels.hu.iter().all(|&l| [0.0, 1.0, 2.0, 3.0].contains(&l)));
+        for class in ["ggo", "consolidation"] {
+            let p = read(&out.join(format!("case.{class}.nii.gz")));
+            assert_eq!(p.affine, original.affine);
+            assert!(p.hu.iter().all(|&v| (0.0..=1.0).contains(&v)));
+        }
+        let report: crate::volume::report::VolumeReport =
+            serde_json::from_str(&std::fs::read_to_string(out.join("case.report.json")).unwrap())
+                .unwrap();
+        assert_eq!(report.shape, [40, 36, 3]);
+        assert!(report.lung_ml.whole > 0.0, "{report:?}");
+        let html = std::fs::read_to_string(out.join("case.report.html")).unwrap();
+        assert!(html.contains(&report.mosmed_grade));
+        // An 8-bit model refuses volumes.
+        model.preprocessing.source = SourceKind::EightBit;
+        let err = predict(
+            &model,
+            &PredictInput::Volumes(input),
+            &config,
+            &dir.path().join("out2"),
+            &crate::NoProgress,
+        )
+        .unwrap_err();
+        assert!(
+            err.is_input_error() && err.to_string().contains("8-bit"),
             "{err}"
         );
     }

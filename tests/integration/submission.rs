@@ -111,8 +111,9 @@ fn predict_needs_exactly_one_source() {
     let mut t = Test::new().pipeline(&pipeline).args(["run"]).status(2);
     let done = t.run();
     assert!(
-        done.stderr
-            .contains("needs `images` (Kaggle .npy) or `folder` (an image folder)"),
+        done.stderr.contains(
+            "needs `images` (Kaggle .npy), `folder` (an image folder) or `volumes` (NIfTI or DICOM)"
+        ),
         "{}",
         done.stderr
     );

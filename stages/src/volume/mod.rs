@@ -90,6 +90,23 @@ pub fn read(path: &Path) -> Result<Vec<Volume>> {
     }
 }
 
+/// Reads every volume at `path`: as [`read`], and for a folder holding `.nii[.gz]` files, each of
+/// them (in name order) instead of a DICOM search.
+pub fn read_all(path: &Path) -> Result<Vec<Volume>> {
+    if path.is_dir() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(|e| Error::io(path, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file() && is_nifti(p))
+            .collect();
+        if !files.is_empty() {
+            files.sort();
+            return files.iter().map(|f| nifti::read(f)).collect();
+        }
+    }
+    read(path)
+}
+
 fn looks_like_dicom(path: &Path) -> bool {
     use std::io::Read;
     let mut head = [0u8; 132];
