@@ -405,23 +405,8 @@ fn predict_volumes(
             }
         }
         // Overlays: the slices with the most lesion, in order.
-        let mut ranked: Vec<(usize, usize)> = (0..nk)
-            .map(|k| {
-                (
-                    k,
-                    label_map
-                        .index_axis(Axis(2), k)
-                        .iter()
-                        .filter(|&&l| l == 1 || l == 2)
-                        .count(),
-                )
-            })
-            .collect();
-        ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        for &(k, _) in ranked
-            .iter()
-            .take(config.overlays.saturating_sub(overlays.len()))
-        {
+        let wanted = config.overlays.saturating_sub(overlays.len());
+        for k in volume::report::most_involved(&label_map, wanted) {
             let shown = bundle.preprocessing.windows[0].apply_all(images[k].view());
             let lab = label_map.index_axis(Axis(2), k).t().to_owned();
             overlays.push(crate::render::overlay(shown.view(), lab.view()));
@@ -618,12 +603,8 @@ mod tests {
             name: "case".into(),
             source: Source::Dicom(SeriesInfo {
                 series_uid: "1.2".into(),
-                study_uid: String::new(),
-                series_number: None,
                 modality: "CT".into(),
-                sop_instances: vec![],
-                files: vec![],
-                transfer_syntaxes: vec![],
+                ..Default::default()
             }),
             warnings: vec![],
         };

@@ -172,24 +172,29 @@ fn report(volume: &Volume, labels: &Array3<u8>, mask: &LungMask) -> VolumeReport
     }
 }
 
+/// The `n` slices (k) with the most lesion voxels, most first (ties: lower k first).
+pub fn most_involved(labels: &Array3<u8>, n: usize) -> Vec<usize> {
+    let mut ranked: Vec<(usize, usize)> = labels
+        .axis_iter(Axis(2))
+        .enumerate()
+        .map(|(k, s)| {
+            (
+                k,
+                s.iter()
+                    .filter(|&&l| l == GGO || l == CONSOLIDATION)
+                    .count(),
+            )
+        })
+        .collect();
+    ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    ranked.into_iter().take(n).map(|(k, _)| k).collect()
+}
+
 impl VolumeReport {
     /// The report as a short HTML page: the numbers and up to `slices` axial slices (those with
     /// the most lesion) with the labels overlaid.
     pub fn html(&self, volume: &Volume, labels: &Array3<u8>, slices: usize) -> Result<String> {
-        let mut ranked: Vec<(usize, usize)> = labels
-            .axis_iter(Axis(2))
-            .enumerate()
-            .map(|(k, s)| {
-                (
-                    k,
-                    s.iter()
-                        .filter(|&&l| l == GGO || l == CONSOLIDATION)
-                        .count(),
-                )
-            })
-            .collect();
-        ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        let mut chosen: Vec<usize> = ranked.iter().take(slices).map(|(k, _)| *k).collect();
+        let mut chosen = most_involved(labels, slices);
         chosen.sort_unstable();
         let mut figures = String::new();
         for k in chosen {
@@ -284,12 +289,8 @@ mod tests {
             name: "phantom".into(),
             source: Source::Dicom(SeriesInfo {
                 series_uid: "1.2.3".into(),
-                study_uid: String::new(),
-                series_number: None,
                 modality: "CT".into(),
-                sop_instances: vec![],
-                files: vec![],
-                transfer_syntaxes: vec![],
+                ..Default::default()
             }),
             warnings: vec![],
         }

@@ -27,7 +27,7 @@ use crate::{Error, Result};
 use header::{FileHeader, Skip};
 
 /// Where a series came from, for outputs that reference it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct SeriesInfo {
     pub series_uid: String,
     pub study_uid: String,
