@@ -115,7 +115,7 @@ impl StageKind for Tune {
             }
             for v in dist.extremes() {
                 let sample = covseg_stages::tune::Sample::from([(path.clone(), v.clone())]);
-                crate::tuning::tuner::trial_params(&super::Train, &base, &sample)
+                crate::tuning::params::trial_params(&super::Train, &base, &sample)
                     .map_err(|m| fail(format!("space.{path} = {v}: {m}"), None))?;
             }
         }

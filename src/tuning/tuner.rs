@@ -8,88 +8,19 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::{info, warn};
 
 use covseg_stages::tune::{
-    Job, Sample, Study, StudySettings, TrialRow, TrialState, TrialsTable, TuneConfig, apply,
+    Job, Study, StudySettings, TrialRow, TrialState, TrialsTable, TuneConfig,
 };
 
 use crate::cache::journal::Journal;
 use crate::pipeline::kind::{EngineContext, StageFailure, StageJob, StageKind};
+use crate::tuning::journal::{Event, History, now_ms, replay};
+use crate::tuning::params::{describe, trial_params};
 use crate::tuning::slurm::SlurmLauncher;
 use crate::tuning::trial::{LocalLauncher, TrialCommand, TrialLauncher, TrialReport, TrialSpec};
-
-/// One line of the journal.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "event", rename_all = "snake_case")]
-enum Event {
-    /// A run of the tune stage began (the first, or a resumed one).
-    Session { at_ms: u64 },
-    Trial {
-        trial: usize,
-        params: Sample,
-        key: String,
-        at_ms: u64,
-    },
-    Start {
-        trial: usize,
-        until: usize,
-        at_ms: u64,
-    },
-    Result {
-        trial: usize,
-        until: usize,
-        scores: Vec<f64>,
-        complete: bool,
-        cached: bool,
-        seconds: f64,
-        at_ms: u64,
-        /// When the trial process ran the segment.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        ran_ms: Option<[u64; 2]>,
-    },
-    Failed {
-        trial: usize,
-        until: usize,
-        message: String,
-        seconds: f64,
-        at_ms: u64,
-    },
-    /// The segment went to a scheduler as this job.
-    Submitted {
-        trial: usize,
-        until: usize,
-        job: String,
-        at_ms: u64,
-    },
-    /// The machine lost the segment (a cancelled job, a failed node); it runs again.
-    Retried {
-        trial: usize,
-        until: usize,
-        reason: String,
-        at_ms: u64,
-    },
-}
-
-impl Event {
-    fn at_ms(&self) -> u64 {
-        match self {
-            Self::Session { at_ms }
-            | Self::Trial { at_ms, .. }
-            | Self::Start { at_ms, .. }
-            | Self::Result { at_ms, .. }
-            | Self::Failed { at_ms, .. }
-            | Self::Submitted { at_ms, .. }
-            | Self::Retried { at_ms, .. } => *at_ms,
-        }
-    }
-}
-
-fn now_ms() -> u64 {
-    crate::cache::store::now_unix_ms() as u64
-}
 
 /// Where the tune stage writes.
 pub struct TuneOutputs {
@@ -97,49 +28,6 @@ pub struct TuneOutputs {
     pub json: PathBuf,
     pub best_params: PathBuf,
     pub plots: PathBuf,
-}
-
-/// The params of one trial: the base train params with the sample written in, normalised by the
-/// trial kind (so they are exactly what a train stage with these params would have).
-pub fn trial_params(kind: &dyn StageKind, base: &Value, sample: &Sample) -> Result<Value, String> {
-    let full = apply(base, sample).map_err(|e| e.to_string())?;
-    let table = json_to_toml_table(&full)?;
-    kind.params(&table).map_err(|e| match e.key {
-        Some(key) => format!("params.{key}: {}", e.message),
-        None => e.message,
-    })
-}
-
-/// A JSON object as a TOML table; `null` (an unset optional param) is left out.
-pub fn json_to_toml_table(value: &Value) -> Result<toml::Table, String> {
-    fn strip(value: &Value) -> Value {
-        match value {
-            Value::Object(map) => Value::Object(
-                map.iter()
-                    .filter(|(_, v)| !v.is_null())
-                    .map(|(k, v)| (k.clone(), strip(v)))
-                    .collect(),
-            ),
-            Value::Array(items) => Value::Array(items.iter().map(strip).collect()),
-            other => other.clone(),
-        }
-    }
-    match toml::Value::try_from(strip(value)) {
-        Ok(toml::Value::Table(table)) => Ok(table),
-        Ok(_) => Err("expected a table".into()),
-        Err(e) => Err(e.to_string()),
-    }
-}
-
-fn describe(sample: &Sample) -> String {
-    sample
-        .iter()
-        .map(|(k, v)| match v.as_f64() {
-            Some(x) if v.is_f64() => format!("{k} {x:.3e}"),
-            _ => format!("{k} {v}"),
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// Runs the search and writes its outputs. `kind` is the tuned kind (train).
@@ -487,105 +375,6 @@ fn drop_checkpoints(
     dropped
 }
 
-/// What the journal says of segments beyond the study: the jobs they went to and their retries.
-#[derive(Default)]
-struct History {
-    /// (trial, until) → the scheduler's job id of its latest submission.
-    submitted: BTreeMap<(usize, usize), String>,
-    /// (trial, until) → why each retry happened, in order.
-    retried: BTreeMap<(usize, usize), Vec<String>>,
-}
-
-impl History {
-    fn retry(&mut self, trial: usize, until: usize, reason: String) {
-        self.retried.entry((trial, until)).or_default().push(reason);
-        // The job is gone: a rerun must not adopt it.
-        self.submitted.remove(&(trial, until));
-    }
-
-    fn retries_of(&self, trial: usize, until: usize) -> usize {
-        self.retried.get(&(trial, until)).map_or(0, Vec::len)
-    }
-
-    fn reasons(&self, trial: usize) -> Vec<String> {
-        self.retried
-            .iter()
-            .filter(|((t, _), _)| *t == trial)
-            .flat_map(|(_, r)| r.iter().cloned())
-            .collect()
-    }
-}
-
-/// Rebuilds the study from the journal; returns the wall time of the earlier runs (ms).
-fn replay(
-    study: &mut Study,
-    keys: &mut BTreeMap<usize, String>,
-    ran_ms: &mut BTreeMap<usize, Vec<[u64; 2]>>,
-    history: &mut History,
-    events: &[Event],
-) -> u64 {
-    let mut earlier_ms = 0u64;
-    let mut session: Option<(u64, u64)> = None;
-    for event in events {
-        match event {
-            Event::Session { at_ms } => {
-                if let Some((start, last)) = session {
-                    earlier_ms += last.saturating_sub(start);
-                }
-                session = Some((*at_ms, *at_ms));
-            }
-            Event::Trial {
-                trial, params, key, ..
-            } => {
-                let n = study.add(params.clone());
-                debug_assert_eq!(n, *trial);
-                keys.insert(n, key.clone());
-            }
-            Event::Start { trial, until, .. } => study.started(Job {
-                trial: *trial,
-                until: *until,
-            }),
-            Event::Result {
-                trial,
-                scores,
-                complete,
-                seconds,
-                ran_ms: ran,
-                ..
-            } => {
-                if let Some(ran) = ran {
-                    ran_ms.entry(*trial).or_default().push(*ran);
-                }
-                study.finished(*trial, scores.clone(), *complete, *seconds);
-            }
-            Event::Failed {
-                trial,
-                message,
-                seconds,
-                ..
-            } => study.failed(*trial, message.clone(), *seconds),
-            Event::Submitted {
-                trial, until, job, ..
-            } => {
-                history.submitted.insert((*trial, *until), job.clone());
-            }
-            Event::Retried {
-                trial,
-                until,
-                reason,
-                ..
-            } => history.retry(*trial, *until, reason.clone()),
-        }
-        if let Some((_, last)) = session.as_mut() {
-            *last = event.at_ms();
-        }
-    }
-    if let Some((start, last)) = session {
-        earlier_ms += last.saturating_sub(start);
-    }
-    earlier_ms
-}
-
 /// Epochs a search of `trials` trials is expected to train: asynchronous successive halving lets
 /// one trial in `eta` past each rung, so the epochs between rung `i − 1` and rung `i` are trained
 /// by `eta^-i` of the trials.
@@ -755,29 +544,5 @@ mod tests {
         assert_eq!(parallel_trials(&config("auto"), &engine, &GpuTrain), 1);
         assert_eq!(parallel_trials(&config("wgpu"), &engine, &GpuTrain), 1);
         assert_eq!(parallel_trials(&config("cpu"), &engine, &GpuTrain), 4);
-    }
-
-    /// A trial's key must not move by a last bit between the run that proposes it and a resumed
-    /// run that reads its params back from the journal.
-    #[test]
-    fn trial_params_keep_every_bit_of_the_sample() {
-        let base = crate::adapters::Train.params(&toml::Table::new()).unwrap();
-        for i in 0..2000u32 {
-            let lr = 1e-4 * (1.0 + f64::from(i) * 0.000_731_3).powf(3.7) + 1e-17 * f64::from(i);
-            let sample = Sample::from([("lr".to_owned(), json!(lr))]);
-            let params = trial_params(&crate::adapters::Train, &base, &sample).unwrap();
-            assert_eq!(
-                params["lr"].as_f64().unwrap().to_bits(),
-                lr.to_bits(),
-                "lr {lr:e}"
-            );
-            let line = serde_json::to_string(&sample).unwrap();
-            let back: Sample = serde_json::from_str(&line).unwrap();
-            assert_eq!(
-                back["lr"].as_f64().unwrap().to_bits(),
-                lr.to_bits(),
-                "journal {lr:e}"
-            );
-        }
     }
 }

@@ -1,9 +1,10 @@
 //! The server's tests, in process: shared fakes and helpers here; every route and refusal in
-//! `routes`, sockets, shutdown and timeouts in `connections`, the agreement with `predict` (one
-//! real random-weight bundle) in `parity`.
+//! `routes`, the inference protocol and the viewer in `protocols`, sockets, shutdown and timeouts
+//! in `connections`, the agreement with `predict` (one real random-weight bundle) in `parity`.
 
 mod connections;
 mod parity;
+mod protocols;
 mod routes;
 
 use std::sync::Arc;
@@ -52,6 +53,7 @@ fn recipe() -> Recipe {
             normalize: Normalize::None,
             shift: vec![0.0],
             scale: vec![1.0],
+            pixel_mm: None,
         },
         thresholds: Thresholds {
             ggo: 0.5,
