@@ -246,6 +246,48 @@ pub fn key_parts(
     }
 }
 
+/// The field names a derived `Deserialize` struct declares, read off what it asks a deserializer
+/// for (serde passes them to `deserialize_struct`).
+fn struct_fields<P: DeserializeOwned>() -> &'static [&'static str] {
+    struct Fields(std::cell::Cell<&'static [&'static str]>);
+    #[derive(Debug)]
+    struct Stop;
+    impl std::fmt::Display for Stop {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("field names read")
+        }
+    }
+    impl std::error::Error for Stop {}
+    impl serde::de::Error for Stop {
+        fn custom<T: std::fmt::Display>(_: T) -> Self {
+            Stop
+        }
+    }
+    impl<'de> serde::Deserializer<'de> for &Fields {
+        type Error = Stop;
+        fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, Stop> {
+            Err(Stop)
+        }
+        fn deserialize_struct<V: serde::de::Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Stop> {
+            self.0.set(fields);
+            Err(Stop)
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+            option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier
+            ignored_any
+        }
+    }
+    let fields = Fields(std::cell::Cell::new(&[]));
+    let _ = P::deserialize(&fields);
+    fields.0.get()
+}
+
 /// Normalises params through a typed config: unknown keys are rejected with a suggestion, and the
 /// result lists every field so that defaults are part of the key.
 pub fn typed_params<P>(
@@ -260,10 +302,16 @@ where
         message: e.to_string(),
         help: None,
     })?;
-    let known_keys: Vec<&str> = known
+    // Every field the struct declares, including optional ones it leaves out when unset.
+    let mut known_keys: Vec<&str> = known
         .as_object()
         .map(|o| o.keys().map(String::as_str).collect())
         .unwrap_or_default();
+    for field in struct_fields::<P>() {
+        if !known_keys.contains(field) {
+            known_keys.push(field);
+        }
+    }
     for key in raw.keys() {
         if !known_keys.contains(&key.as_str()) {
             return Err(ParamError {
@@ -311,4 +359,33 @@ where
         message: e.to_string(),
         help: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Default, Serialize, serde::Deserialize)]
+    #[serde(default)]
+    struct Params {
+        size: usize,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pixel_mm: Option<f64>,
+    }
+
+    fn parse(text: &str) -> Result<serde_json::Value, ParamError> {
+        typed_params::<Params>(&toml::from_str(text).unwrap(), |_| Ok(()))
+    }
+
+    #[test]
+    fn an_optional_field_left_out_of_the_defaults_is_still_a_known_param() {
+        assert_eq!(
+            parse("size = 3\npixel_mm = 0.7").unwrap(),
+            serde_json::json!({ "size": 3, "pixel_mm": 0.7 })
+        );
+        // Unset, it stays out of the key, so old cache entries still match.
+        assert_eq!(parse("").unwrap(), serde_json::json!({ "size": 0 }));
+        let err = parse("pixel_m = 0.7").unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("pixel_m"));
+    }
 }
