@@ -44,6 +44,8 @@ pub enum Source {
     },
     /// A DICOM series.
     Dicom(dicom::SeriesInfo),
+    /// Made in memory (a phantom); written files get headers built from the affine.
+    Generated,
 }
 
 impl Volume {

@@ -28,8 +28,19 @@ pub fn read(path: &Path) -> Result<Volume> {
     read_bytes(path, &bytes, gz)
 }
 
-/// Reads a NIfTI-1 image from its bytes (gzip-compressed where `gz`); `path` names it in errors.
-pub fn read_bytes(path: &Path, bytes: &[u8], gz: bool) -> Result<Volume> {
+/// The dimensions of a `.nii[.gz]` file, from its header alone (the first 64 KiB of the file).
+pub fn read_shape(path: &Path) -> Result<Vec<usize>> {
+    let mut head = Vec::new();
+    File::open(path)
+        .and_then(|f| f.take(64 << 10).read_to_end(&mut head))
+        .map_err(|e| Error::io(path, e))?;
+    let gz = head.starts_with(&[0x1f, 0x8b]);
+    let header = parse_header(path, &head, gz)?;
+    check_dims(&header).map_err(|m| Error::invalid_data(path, m))
+}
+
+/// Inflates and checks the 348-byte header: NIfTI-1, single file.
+fn parse_header(path: &Path, bytes: &[u8], gz: bool) -> Result<NiftiHeader> {
     let invalid = |m: String| Error::invalid_data(path, m);
     // The header first, from at most 348 inflated bytes.
     let mut header_bytes = Vec::with_capacity(HEADER_BYTES);
@@ -73,6 +84,13 @@ pub fn read_bytes(path: &Path, bytes: &[u8], gz: bool) -> Result<Volume> {
             String::from_utf8_lossy(&header.magic)
         )));
     }
+    Ok(header)
+}
+
+/// Reads a NIfTI-1 image from its bytes (gzip-compressed where `gz`); `path` names it in errors.
+pub fn read_bytes(path: &Path, bytes: &[u8], gz: bool) -> Result<Volume> {
+    let invalid = |m: String| Error::invalid_data(path, m);
+    let header = parse_header(path, bytes, gz)?;
     let dims = check_dims(&header).map_err(invalid)?;
     let datatype = header
         .data_type()
@@ -173,6 +191,15 @@ pub fn write_labels(path: &Path, labels: ArrayView3<u8>, like: &Volume) -> Resul
     write(path, &header, |w| w.write_nifti(&labels))
 }
 
+/// Writes the HU of `volume` as int16 (rounded, clipped to the int16 range), with its geometry.
+pub fn write_hu(path: &Path, volume: &Volume) -> Result<()> {
+    let hu = volume
+        .hu
+        .mapv(|v| v.round().clamp(f32::from(i16::MIN), f32::from(i16::MAX)) as i16);
+    let header = header_for(volume, "covseg CT (HU)");
+    write(path, &header, |w| w.write_nifti(&hu))
+}
+
 /// Writes a float map (probabilities) with the geometry of `like`.
 pub fn write_map(path: &Path, values: ArrayView3<f32>, like: &Volume) -> Result<()> {
     check_shape(path, values.shape(), like)?;
@@ -213,7 +240,7 @@ fn check_shape(path: &Path, shape: &[usize], like: &Volume) -> Result<()> {
 fn header_for(like: &Volume, description: &str) -> NiftiHeader {
     let mut header = match &like.source {
         Source::Nifti { header, .. } => (**header).clone(),
-        Source::Dicom(_) => header_from_affine(&like.affine),
+        Source::Dicom(_) | Source::Generated => header_from_affine(&like.affine),
     };
     header.cal_min = 0.0;
     header.cal_max = 0.0;

@@ -92,11 +92,13 @@ pub fn assess(volume: &Volume, lesions: &Array3<u8>) -> (Array3<u8>, VolumeRepor
                 *l = LUNG;
             }
         });
-    let report = report(volume, &labels, &mask);
+    let report = measure(volume, &labels, &mask);
     (labels, report, mask)
 }
 
-fn report(volume: &Volume, labels: &Array3<u8>, mask: &LungMask) -> VolumeReport {
+/// The report of a label map (0…3) over a given lung mask: the predicted one, or a phantom's
+/// true lungs.
+pub fn measure(volume: &Volume, labels: &Array3<u8>, mask: &LungMask) -> VolumeReport {
     let ml = volume.voxel_ml();
     let (mut lung_n, mut right_n, mut ggo, mut cons, mut lesion_right) = (0usize, 0, 0, 0, 0);
     Zip::from(labels)

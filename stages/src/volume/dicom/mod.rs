@@ -9,6 +9,7 @@
 
 pub mod header;
 pub mod series;
+pub mod writer;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -183,21 +184,57 @@ pub fn read_parts(origin: &Path, stem: &str, parts: Vec<Part>) -> Result<Vec<Vol
     }
     let mut groups: Vec<(String, Vec<Scanned>)> = groups.into_iter().collect();
     groups.sort_by_key(|(uid, g)| (g[0].header.series_number, uid.clone()));
-    let many = groups.len() > 1;
+    let names = series_names(origin, stem, &parts, &groups);
     groups
         .into_iter()
-        .enumerate()
-        .map(|(index, (uid, scanned))| {
-            let name = if many {
-                format!("{stem}_series{}", index + 1)
-            } else {
-                stem.to_owned()
-            };
+        .zip(names)
+        .map(|((uid, scanned), name)| {
             let mut volume = read_series(origin, &name, &uid, &parts, scanned)?;
             volume.warnings.extend(skipped.iter().cloned());
             Ok(volume)
         })
         .collect()
+}
+
+/// One name per series: the stem alone for one series; for several, the folder each sits in
+/// alone (below `origin`, `/` written `_`), as in `patients/p01/…`, else `<stem>_series<n>`.
+fn series_names(
+    origin: &Path,
+    stem: &str,
+    parts: &[Part],
+    groups: &[(String, Vec<Scanned>)],
+) -> Vec<String> {
+    if groups.len() == 1 {
+        return vec![stem.to_owned()];
+    }
+    let folder = |scanned: &[Scanned]| -> Option<String> {
+        let parent = |s: &Scanned| parts[s.part].name.parent().map(Path::to_path_buf);
+        let first = parent(scanned.first()?)?;
+        if scanned.iter().any(|s| parent(s).as_ref() != Some(&first)) {
+            return None;
+        }
+        let below = first.strip_prefix(origin).unwrap_or(&first);
+        let name: Vec<String> = below
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect();
+        (!name.is_empty()).then(|| name.join("_"))
+    };
+    let folders: Option<Vec<String>> = groups.iter().map(|(_, g)| folder(g)).collect();
+    match folders {
+        Some(names)
+            if names
+                .iter()
+                .collect::<std::collections::BTreeSet<_>>()
+                .len()
+                == names.len() =>
+        {
+            names
+        }
+        _ => (1..=groups.len())
+            .map(|n| format!("{stem}_series{n}"))
+            .collect(),
+    }
 }
 
 fn read_series(
