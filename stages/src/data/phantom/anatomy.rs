@@ -200,7 +200,8 @@ pub(super) struct Anatomy {
     pub(super) overlays: Vec<Overlay>,
 }
 
-pub(super) fn random_anatomy(rng: &mut ChaCha8Rng) -> Anatomy {
+/// One patient; the lungs' in-plane radii are scaled by `lung_scale` after every draw.
+pub(super) fn random_anatomy(rng: &mut ChaCha8Rng, lung_scale: f32) -> Anatomy {
     let body = Body {
         cx: rng.random_range(-0.02f32..0.02),
         cy: rng.random_range(0.01f32..0.05),
@@ -225,8 +226,8 @@ pub(super) fn random_anatomy(rng: &mut ChaCha8Rng) -> Anatomy {
         Lung {
             cx: body.cx + lateral * rng.random_range(0.37f32..0.41),
             cy: body.cy + rng.random_range(-0.07f32..-0.01),
-            ax: rng.random_range(0.27f32..0.31),
-            ay: rng.random_range(0.39f32..0.45),
+            ax: rng.random_range(0.27f32..0.31) * lung_scale,
+            ay: rng.random_range(0.39f32..0.45) * lung_scale,
             lateral,
             wobble: Wobble::new(rng, 0.01),
             notch_dir: (-1.0 / n, -forward / n),

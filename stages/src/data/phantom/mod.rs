@@ -1,5 +1,6 @@
 //! Synthetic axial lung CT slices ("phantoms") with lesion masks in the Kaggle format: the built-in
 //! demo and test data, deterministic per (seed, slice index) so every run reproduces byte for byte.
+//! [`generate_volume`] stacks slices of one patient into a CT volume with lesions continuous in z.
 
 use ndarray::{Array2, Array3, Array4};
 use rand::{RngExt, SeedableRng};
@@ -187,6 +188,11 @@ mod lesions;
 mod noise;
 mod render;
 mod vessels;
+mod volume;
+mod volume_set;
+
+pub use volume::{PhantomVolume, VolumePhantomConfig, generate_volume, volume_name};
+pub use volume_set::{TRUTH_LUNGS, VolumeSetPaths, true_report, write_volume_set};
 
 use anatomy::*;
 use lesions::*;
