@@ -13,6 +13,7 @@ mod split;
 mod stats;
 mod submission;
 mod synth;
+mod synth_volumes;
 mod train;
 mod tune;
 
@@ -22,6 +23,7 @@ pub(crate) use train::Train;
 pub fn registry() -> Registry {
     Registry::new(vec![
         &synth::Synth,
+        &synth_volumes::SynthVolumes,
         &split::Split,
         &augment::AugmentCache,
         &pretrained::Pretrained,

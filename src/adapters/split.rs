@@ -72,6 +72,16 @@ impl StageKind for Split {
                     required: false,
                     about: "an image-folder dataset (images/<id>.png|jpg, masks/<id>.png), instead of the .npy files",
                 },
+                InputSpec {
+                    name: "volumes",
+                    required: false,
+                    about: "CT volumes in HU: a folder of .nii[.gz] (or one file), instead of the .npy files; folds split by volume",
+                },
+                InputSpec {
+                    name: "volume_labels",
+                    required: false,
+                    about: "label volumes of the same names (image `<name>_0000` allowed), mapped by params.label_map",
+                },
             ],
             outputs: &[
                 SPLIT_MANIFEST,
@@ -92,15 +102,32 @@ impl StageKind for Split {
         typed_params::<split::SplitConfig>(raw, |c| c.validate().map_err(|e| e.to_string()))
     }
 
-    fn check_inputs(&self, wired: &[&str], _params: &serde_json::Value) -> Result<(), String> {
+    fn check_inputs(&self, wired: &[&str], params: &serde_json::Value) -> Result<(), String> {
         let has = |n: &str| wired.contains(&n);
-        let kaggle = has("medseg_images") || has("medseg_masks");
-        if has("folder") && (kaggle || has("radiopedia_images") || has("radiopedia_masks")) {
-            return Err("give either `folder` or the .npy inputs, not both".into());
+        let kaggle = has("medseg_images")
+            || has("medseg_masks")
+            || has("radiopedia_images")
+            || has("radiopedia_masks");
+        let volumes = has("volumes") || has("volume_labels");
+        let given = [kaggle, has("folder"), volumes]
+            .iter()
+            .filter(|&&g| g)
+            .count();
+        if given > 1 {
+            return Err(
+                "give one dataset: the .npy inputs, `folder`, or `volumes` with `volume_labels`"
+                    .into(),
+            );
+        }
+        if volumes && !(has("volumes") && has("volume_labels")) {
+            return Err("inputs `volumes` and `volume_labels` go together: give both".into());
         }
         let npy = has("medseg_images") && has("medseg_masks");
-        if !has("folder") && !npy {
-            return Err("needs `medseg_images` and `medseg_masks` (the .npy files), or `folder` (an image-folder dataset)".into());
+        if !has("folder") && !npy && !volumes {
+            return Err("needs `medseg_images` and `medseg_masks` (the .npy files), `folder` (an image-folder dataset), or `volumes` and `volume_labels` (NIfTI volumes)".into());
+        }
+        if !volumes && params.get("pixel_mm").is_some_and(|v| !v.is_null()) {
+            return Err("params.pixel_mm resamples CT volumes by their voxel size; the .npy files and image folders carry none: remove it, or train from `volumes`".into());
         }
         if has("radiopedia_images") != has("radiopedia_masks") {
             return Err("inputs `radiopedia_images` and `radiopedia_masks` go together: give both or neither".into());
@@ -110,9 +137,13 @@ impl StageKind for Split {
 
     fn run(&self, job: &StageJob<'_>) -> Result<(), StageFailure> {
         let config: split::SplitConfig = job.config()?;
-        let inputs = match job.input("folder") {
-            Some(root) => split::SplitInputs::Folder(root.to_owned()),
-            None => split::SplitInputs::Kaggle {
+        let inputs = match (job.input("folder"), job.input("volumes")) {
+            (Some(root), _) => split::SplitInputs::Folder(root.to_owned()),
+            (None, Some(images)) => split::SplitInputs::Volumes {
+                images: images.to_owned(),
+                labels: job.required("volume_labels")?.to_owned(),
+            },
+            (None, None) => split::SplitInputs::Kaggle {
                 medseg_images: job.required("medseg_images")?.to_owned(),
                 medseg_masks: job.required("medseg_masks")?.to_owned(),
                 radiopedia: job

@@ -23,6 +23,7 @@ use ndarray::{Array2, Array3, Array4, ArrayView3, Axis, s};
 use serde::{Deserialize, Serialize};
 
 use crate::data::intensity::{Preprocessing, SourceKind};
+use crate::data::spacing::{PAD_HU, SpacingPlan};
 use crate::data::{folder, kaggle, npy, resize};
 use crate::training::Bundle;
 use crate::{Error, Progress, Result, volume};
@@ -373,7 +374,7 @@ fn predict_volumes(
         let [ni, nj, nk] = v.shape();
         // Slices as images: rows are j, columns i (as a DICOM viewer shows them).
         let images: Vec<Array2<f32>> = v.hu.axis_iter(Axis(2)).map(|s| s.t().to_owned()).collect();
-        let (probs, seconds) = run(bundle, &images, config, progress)?;
+        let (probs, seconds) = run_at_spacing(bundle, v, &images, config, progress)?;
         model_seconds += seconds;
         slices += nk;
         let mut lesions = Array3::<u8>::zeros((ni, nj, nk));
@@ -429,6 +430,46 @@ fn predict_volumes(
     })
 }
 
+/// Runs a volume's slices; with the bundle's `pixel_mm`, each slice goes onto the model's canvas at
+/// that spacing (as in training) and its probabilities come back onto the slice's own grid.
+fn run_at_spacing(
+    bundle: &Bundle,
+    v: &volume::Volume,
+    images: &[Array2<f32>],
+    config: &PredictConfig,
+    progress: &dyn Progress,
+) -> Result<(Vec<Array3<f32>>, f64)> {
+    let Some(mm) = bundle.preprocessing.pixel_mm else {
+        return run(bundle, images, config, progress);
+    };
+    let [ni, nj, _] = v.shape();
+    let spacing = v.spacing();
+    let plan = SpacingPlan::new(
+        nj,
+        ni,
+        [spacing[1], spacing[0]],
+        mm,
+        bundle.preprocessing.size,
+    );
+    let canvases: Vec<Array2<f32>> = images
+        .iter()
+        .map(|image| plan.to_model(image.view(), PAD_HU))
+        .collect();
+    let (probs, seconds) = run(bundle, &canvases, config, progress)?;
+    let back = probs
+        .iter()
+        .map(|p| {
+            let mut out = Array3::zeros((p.dim().0, nj, ni));
+            for (c, channel) in p.axis_iter(Axis(0)).enumerate() {
+                out.index_axis_mut(Axis(0), c)
+                    .assign(&plan.from_model(channel));
+            }
+            out
+        })
+        .collect();
+    Ok((back, seconds))
+}
+
 fn write_text(path: &Path, text: &str) -> Result<()> {
     use std::io::Write;
     let mut file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
@@ -469,6 +510,7 @@ mod tests {
             normalize: Normalize::None,
             shift: vec![0.0],
             scale: vec![1.0],
+            pixel_mm: None,
         };
         let thresholds = Thresholds {
             ggo: 0.5,

@@ -21,6 +21,11 @@ kind = "synth"
 params = { slices = 8, size = 64 }
 
 [[stage]]
+name = "synth-volumes"
+kind = "synth-volumes"
+params = { volumes = 1, slices = 4, size = 64 }
+
+[[stage]]
 name = "split"
 kind = "split"
 inputs = { medseg_images = "@synth.images", medseg_masks = "@synth.masks" }

@@ -21,6 +21,7 @@ mod submission;
 mod test;
 mod train;
 mod tune;
+mod volumes;
 
 #[global_allocator]
 static ALLOCATOR: alloc_count::Counting = alloc_count::Counting;

@@ -55,6 +55,7 @@ pub fn bundle(dir: &Path) -> PathBuf {
         normalize: Normalize::None,
         shift: vec![0.0],
         scale: vec![1.0],
+        pixel_mm: None,
     };
     let half = Thresholds {
         ggo: 0.5,

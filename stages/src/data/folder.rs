@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 
-use super::labels::{LABEL_BACKGROUND, LABEL_CONSOLIDATION, LABEL_GGO};
+use super::labels::{LABEL_BACKGROUND, LABEL_CONSOLIDATION, LABEL_GGO, LABEL_OTHER_LUNG};
 use crate::{Error, Result};
 
 const IMAGE_EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
@@ -19,6 +19,9 @@ pub struct LabelMap {
     pub background: u8,
     pub ggo: u8,
     pub consolidation: u8,
+    /// The value of lung that is neither (the Kaggle masks' "other lung"), where labels have it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lung: Option<u8>,
 }
 
 impl Default for LabelMap {
@@ -27,17 +30,35 @@ impl Default for LabelMap {
             background: 0,
             ggo: 1,
             consolidation: 2,
+            lung: None,
         }
     }
 }
 
 impl LabelMap {
-    fn table(&self) -> BTreeMap<u8, u8> {
-        BTreeMap::from([
+    /// Stored value → covseg label.
+    pub fn table(&self) -> BTreeMap<u8, u8> {
+        let mut table = BTreeMap::from([
             (self.background, LABEL_BACKGROUND),
             (self.ggo, LABEL_GGO),
             (self.consolidation, LABEL_CONSOLIDATION),
-        ])
+        ]);
+        if let Some(lung) = self.lung {
+            table.insert(lung, LABEL_OTHER_LUNG);
+        }
+        table
+    }
+
+    /// `background 0, ggo 1, consolidation 2[, lung 3]`, for messages.
+    pub fn describe(&self) -> String {
+        let mut text = format!(
+            "background {}, ggo {}, consolidation {}",
+            self.background, self.ggo, self.consolidation
+        );
+        if let Some(lung) = self.lung {
+            text.push_str(&format!(", lung {lung}"));
+        }
+        text
     }
 }
 
@@ -266,7 +287,13 @@ pub fn read(root: &Path, id: &str, image_path: &Path, map: &LabelMap) -> Result<
     let mut labels = Array2::zeros((h, w));
     for (i, &v) in values.iter().enumerate() {
         labels[[i / w, i % w]] = *table.get(&v).ok_or_else(|| {
-            Error::invalid_data(&mask_path, format!("holds the value {v}, which params.label_map does not name (background {}, ggo {}, consolidation {})", map.background, map.ggo, map.consolidation))
+            Error::invalid_data(
+                &mask_path,
+                format!(
+                    "holds the value {v}, which params.label_map does not name ({})",
+                    map.describe()
+                ),
+            )
         })?;
     }
     let image = Array2::from_shape_vec(
@@ -352,6 +379,7 @@ mod tests {
             background: 0,
             ggo: 5,
             consolidation: 6,
+            lung: None,
         };
         let (_, path) = &list(dir.path()).unwrap()[0];
         assert!(

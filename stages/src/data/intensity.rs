@@ -68,6 +68,10 @@ pub struct Preprocessing {
     /// Per channel: (shift, scale) so that model input = (x − shift) / scale.
     pub shift: Vec<f32>,
     pub scale: Vec<f32>,
+    /// The model's pixel spacing in mm, for models trained on volumes resampled to it: volumes
+    /// are resampled in plane to it and centred on the canvas before the model sees them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pixel_mm: Option<f64>,
 }
 
 impl Preprocessing {
@@ -149,6 +153,7 @@ impl Preprocessing {
             normalize,
             shift,
             scale,
+            pixel_mm: None,
         })
     }
 }
@@ -177,6 +182,7 @@ mod tests {
             normalize: Normalize::None,
             shift: vec![0.0; 2],
             scale: vec![1.0; 2],
+            pixel_mm: None,
         };
         let hu = Array2::from_shape_vec((1, 2), vec![-600.0, 40.0]).unwrap();
         let x = p.window_hu(hu.view());

@@ -1,5 +1,6 @@
-//! Datasets: the Kaggle `.npy` files, image folders, synthetic CT phantoms, intensity
-//! preprocessing, the train/validation split and dataset statistics.
+//! Datasets: the Kaggle `.npy` files, image folders, CT volumes with label volumes, synthetic CT
+//! phantoms, intensity preprocessing and pixel spacing, the train/validation split and dataset
+//! statistics.
 
 pub mod eda;
 pub mod folder;
@@ -9,5 +10,7 @@ pub mod labels;
 pub mod npy;
 pub mod phantom;
 pub mod resize;
+pub mod spacing;
 pub mod split;
 pub mod stats;
+pub mod volumes;

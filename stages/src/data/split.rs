@@ -15,7 +15,8 @@ use ndarray::{Array3, Array4, Axis};
 
 use super::folder::{self, LabelMap};
 use super::intensity::{Normalize, Preprocessing, SourceKind, Window};
-use super::{kaggle, labels, resize};
+use super::{kaggle, labels, resize, volumes};
+use crate::volume;
 use crate::{Error, Progress, Result};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -33,8 +34,14 @@ pub struct SplitConfig {
     /// HU windows, one input channel each (for HU sources; 8-bit image folders use v/255).
     pub windows: Vec<Window>,
     pub normalize: Normalize,
-    /// For image folders: which mask values are background, GGO and consolidation.
+    /// For image folders and label volumes: which mask values are background, GGO,
+    /// consolidation and (optionally) other lung.
     pub label_map: LabelMap,
+    /// For CT volumes: the model's pixel spacing in mm. Slices are resampled to it in plane and
+    /// centred on the `size`×`size` canvas (cropped or padded with air); the bundle keeps it, so
+    /// predict and the endpoint resample volumes the same way. Unset resizes slices to `size`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pixel_mm: Option<f64>,
 }
 
 impl Default for SplitConfig {
@@ -47,6 +54,7 @@ impl Default for SplitConfig {
             windows: vec![Window::LUNG],
             normalize: Normalize::Zscore,
             label_map: LabelMap::default(),
+            pixel_mm: None,
         }
     }
 }
@@ -94,6 +102,14 @@ impl SplitConfig {
                 ),
             ));
         }
+        if let Some(mm) = self.pixel_mm
+            && !(mm.is_finite() && (0.05..=10.0).contains(&mm))
+        {
+            return Err(Error::invalid_param(
+                "pixel_mm",
+                format!("expected a pixel spacing of 0.05…10 mm, got {mm}"),
+            ));
+        }
         if self.folds == 1 && !(self.val_fraction > 0.0 && self.val_fraction < 1.0) {
             return Err(Error::invalid_param(
                 "val_fraction",
@@ -117,9 +133,15 @@ pub enum SplitInputs {
         radiopedia: Option<(PathBuf, PathBuf)>,
     },
     Folder(PathBuf),
+    /// Image volumes (`.nii[.gz]` in HU) and label volumes of the same names. Folds split by
+    /// volume, so slices of one patient never sit on both sides.
+    Volumes {
+        images: PathBuf,
+        labels: PathBuf,
+    },
 }
 
-/// A slice named by its source and index, written `medseg/12`.
+/// A slice named by its source and index, written `medseg/12` (`volume/<name>/<k>` for volumes).
 pub type SliceRef = String;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -233,6 +255,9 @@ pub fn split(inputs: &SplitInputs, config: &SplitConfig, seed: u64) -> Result<Sp
                 medseg_images.clone(),
             )
         }
+        SplitInputs::Volumes { images, labels } => {
+            return split_volumes(images, labels, config, seed);
+        }
         SplitInputs::Folder(root) => {
             let ids: Vec<SliceRef> = folder::list(root)?
                 .into_iter()
@@ -260,6 +285,64 @@ pub fn split(inputs: &SplitInputs, config: &SplitConfig, seed: u64) -> Result<Sp
         ));
     }
     let folds = make_folds(&eligible, &always_train, config, seed);
+    let chosen = folds[config.fold].clone();
+    Ok(SplitManifest {
+        seed,
+        sources,
+        fold: config.fold,
+        train: chosen.train,
+        val: chosen.val,
+        folds,
+        original_sizes: BTreeMap::new(),
+    })
+}
+
+/// Volumes: folds over the volumes, each volume's slices kept together. Reads only headers.
+fn split_volumes(
+    images: &Path,
+    labels: &Path,
+    config: &SplitConfig,
+    seed: u64,
+) -> Result<SplitManifest> {
+    let pairs = volumes::pairs(images, labels)?;
+    let needed = if config.folds == 1 { 2 } else { config.folds };
+    if pairs.len() < needed {
+        return Err(Error::invalid_data(
+            images,
+            format!(
+                "has {} volumes, too few for {needed} parts (folds split by volume); lower params.folds or add volumes",
+                pairs.len()
+            ),
+        ));
+    }
+    let mut sources = Vec::with_capacity(pairs.len());
+    for pair in &pairs {
+        let shape = volume::nifti::read_shape(&pair.image)?;
+        sources.push(Source {
+            name: pair.name.clone(),
+            slices: shape[2],
+        });
+    }
+    let names: Vec<SliceRef> = sources.iter().map(|s| s.name.clone()).collect();
+    let expand = |names: &[SliceRef]| -> Vec<SliceRef> {
+        names
+            .iter()
+            .flat_map(|name| {
+                let n = sources
+                    .iter()
+                    .find(|s| &s.name == name)
+                    .map_or(0, |s| s.slices);
+                (0..n).map(move |k| format!("volume/{name}/{k}"))
+            })
+            .collect()
+    };
+    let folds: Vec<Fold> = make_folds(&names, &[], config, seed)
+        .into_iter()
+        .map(|f| Fold {
+            train: expand(&f.train),
+            val: expand(&f.val),
+        })
+        .collect();
     let chosen = folds[config.fold].clone();
     Ok(SplitManifest {
         seed,
@@ -300,6 +383,7 @@ fn prepare_hu(
         normalize: Normalize::None,
         shift: vec![],
         scale: vec![],
+        pixel_mm: None,
     };
     let (h, w) = hu.dim();
     let resized;
@@ -401,6 +485,49 @@ pub fn assemble(
             }
             (SourceKind::EightBit, size, 1, prepared)
         }
+        SplitInputs::Volumes { images, labels } => {
+            let pairs = volumes::pairs(images, labels)?;
+            let size = match config.size {
+                Some(size) => size,
+                None => {
+                    let first = volume::nifti::read_shape(&pairs[0].image)?;
+                    if first[0] != first[1] {
+                        return Err(Error::invalid_param(
+                            "size",
+                            format!(
+                                "{} has {}×{} slices; give params.size (the model's width and height)",
+                                pairs[0].image.display(),
+                                first[0],
+                                first[1]
+                            ),
+                        ));
+                    }
+                    first[0]
+                }
+            };
+            let mut prepared = BTreeMap::new();
+            for pair in &pairs {
+                let (volume, mapped) = volumes::read_pair(pair, &config.label_map)?;
+                for (k, (hu, lab)) in volumes::slices(&volume, &mapped, config.pixel_mm, size)
+                    .into_iter()
+                    .enumerate()
+                {
+                    let image = Preprocessing {
+                        source: SourceKind::Hu,
+                        windows: config.windows.clone(),
+                        size,
+                        normalize: Normalize::None,
+                        shift: vec![],
+                        scale: vec![],
+                        pixel_mm: None,
+                    }
+                    .window_hu(hu.view());
+                    prepared.insert(format!("volume/{}/{k}", pair.name), (image, lab));
+                    progress.advance(1);
+                }
+            }
+            (SourceKind::Hu, size, config.windows.len(), prepared)
+        }
     };
     let mut take = |refs: &[SliceRef]| -> Vec<Prepared> {
         refs.iter().filter_map(|r| prepared.remove(r)).collect()
@@ -412,7 +539,11 @@ pub fn assemble(
     } else {
         Vec::new()
     };
-    let preprocessing = Preprocessing::fit(source, windows, size, config.normalize, &train_images)?;
+    let mut preprocessing =
+        Preprocessing::fit(source, windows, size, config.normalize, &train_images)?;
+    if matches!(inputs, SplitInputs::Volumes { .. }) {
+        preprocessing.pixel_mm = config.pixel_mm;
+    }
     Ok(SplitData {
         manifest,
         preprocessing,
