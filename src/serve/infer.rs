@@ -91,14 +91,32 @@ pub async fn read_body(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Bytes, ApiError> {
-    let max = state.limits.max_body;
+    read_limited(
+        state,
+        headers,
+        body,
+        (state.limits.max_body, "--max-body"),
+        state.limits.body_timeout,
+        "send one slice, as PNG or int16 .npy",
+    )
+    .await
+}
+
+/// Reads a body of at most `limit.0` bytes (the flag `limit.1` sets it) within `timeout`.
+pub async fn read_limited(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    limit: (usize, &str),
+    timeout: std::time::Duration,
+    hint: &str,
+) -> Result<Bytes, ApiError> {
+    let (max, flag) = limit;
     let too_large = || {
         state.metrics.reject("too_large");
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "the body is larger than {max} bytes (the server's --max-body); send one slice, as PNG or int16 .npy"
-            ),
+            format!("the body is larger than {max} bytes (the server's {flag}); {hint}"),
         )
     };
     if let Some(length) = headers
@@ -110,7 +128,7 @@ pub async fn read_body(
         return Err(too_large());
     }
     let limited = http_body_util::Limited::new(body, max);
-    match tokio::time::timeout(state.limits.body_timeout, limited.collect()).await {
+    match tokio::time::timeout(timeout, limited.collect()).await {
         Err(_) => Err(ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
             "the body did not arrive in time",

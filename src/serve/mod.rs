@@ -10,6 +10,7 @@ mod oip;
 pub mod options;
 mod routes;
 mod state;
+mod volume;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 use covseg_stages::serving::batcher::{BatchConfig, Batcher, Model};
 use covseg_stages::serving::decode::DecodeLimits;
 use covseg_stages::serving::segment::{BundleModel, Recipe};
+use covseg_stages::serving::volume::VolumeLimits;
 use covseg_stages::training;
 
 use crate::error::{Diagnostic, Error, Result};
@@ -150,6 +152,8 @@ pub fn run(args: &ServeArgs, pipeline: &Path) -> Result<()> {
         ("--max-connections", args.max_connections),
         ("--max-side", args.max_side),
         ("--max-body", args.max_body),
+        ("--max-volume-body", args.max_volume_body),
+        ("--max-volume-slices", args.max_volume_slices),
     ] {
         if value == 0 {
             return Err(Diagnostic::new(format!("{flag} must be at least 1")).into());
@@ -165,6 +169,14 @@ pub fn run(args: &ServeArgs, pipeline: &Path) -> Result<()> {
         body_timeout: Duration::from_secs(args.body_timeout.max(1)),
         queue: args.queue,
         in_flight: args.queue + args.max_batch + 2,
+        max_batch: args.max_batch,
+        volume: VolumeLimits {
+            max_side: args.max_side,
+            max_slices: args.max_volume_slices,
+            ..VolumeLimits::default()
+        },
+        max_volume_body: args.max_volume_body,
+        volume_timeout: Duration::from_secs(args.volume_timeout.max(1)),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -63,6 +63,16 @@ pub struct ServeArgs {
     /// Most open connections; further clients wait in the kernel's backlog.
     #[arg(long, value_name = "N", default_value_t = 64)]
     pub max_connections: usize,
+    /// Largest CT volume upload (`/v1/volume`: a `.nii[.gz]` or a zipped DICOM series), in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 512 << 20)]
+    pub max_volume_body: usize,
+    /// Most slices in an uploaded volume.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub max_volume_slices: usize,
+    /// Whole-request limit for a volume (upload, model, answer), in seconds. One volume is
+    /// segmented at a time; slice requests are served between its batches.
+    #[arg(long, value_name = "SECONDS", default_value_t = 900)]
+    pub volume_timeout: u64,
     /// Pixel spacing in mm (`0.7` or `0.7,0.7`) for the areas in JSON answers, unless a request
     /// gives its own (`?spacing=`).
     #[arg(long, value_name = "MM")]

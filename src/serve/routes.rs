@@ -29,14 +29,16 @@ pub const NOTICE: &str = "research software, not a medical device";
 
 /// The application: every route, with its limits, metrics and the model-version header.
 pub fn router(state: Arc<AppState>) -> Router {
-    let timeout =
-        state.limits.timeout + state.limits.body_timeout + std::time::Duration::from_secs(1);
+    let timeout = (state.limits.timeout + state.limits.body_timeout)
+        .max(state.limits.volume_timeout)
+        + std::time::Duration::from_secs(1);
     Router::new()
         .route("/", get(viewer))
         .route("/viewer.js", get(viewer_js))
         .route("/ping", get(ping))
         .route("/invocations", post(invocations))
         .route("/v1/segment", post(segment_multipart))
+        .route("/v1/volume", post(volume))
         .route("/v2", get(server_metadata))
         .route("/v2/health/live", get(live))
         .route("/v2/health/ready", get(ready))
@@ -327,7 +329,20 @@ fn summaries(answer: &Answer, spacing: Option<(f64, f64)>) -> Vec<SliceSummary> 
         .collect()
 }
 
-/// `POST /invocations`: a PNG, JPEG or `.npy` body; labels, masks or a summary back.
+/// `POST /v1/volume`: a `.nii[.gz]` or a zipped DICOM series; see [`super::volume`].
+async fn volume(
+    State(state): State<Arc<AppState>>,
+    Extension(arrived): Extension<infer::Arrived>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    super::volume::handle(state, arrived, query, headers, body).await
+}
+
+/// `POST /invocations`: a PNG, JPEG or `.npy` body; labels, masks or a summary back. A body
+/// declared as a volume (application/gzip, application/x-nifti, application/zip) is one, as on
+/// `/v1/volume`.
 async fn invocations(
     State(state): State<Arc<AppState>>,
     Extension(arrived): Extension<infer::Arrived>,
@@ -335,6 +350,13 @@ async fn invocations(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let volume_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(covseg_stages::serving::volume::VolumeFormat::from_content_type);
+    if volume_type.is_some() {
+        return super::volume::handle(state, arrived, query, headers, body).await;
+    }
     // Refusals that need no decoding come first: overload, and an Accept nothing satisfies.
     if let Err(refused) = infer::admit(&state).and_then(|()| answering(&headers, 1).map(|_| ())) {
         infer::discard_body(&state, body).await;
@@ -345,7 +367,7 @@ async fn invocations(
         Some(v) => Format::from_content_type(v.to_str().unwrap_or("?")).ok_or_else(|| {
             state.metrics.reject("unsupported_media_type");
             ApiError::from(RequestError::Unsupported(format!(
-                "Content-Type `{}` is not taken; send image/png, image/jpeg or application/x-npy",
+                "Content-Type `{}` is not taken; send image/png, image/jpeg or application/x-npy (a slice), or application/gzip or application/zip (a volume)",
                 v.to_str().unwrap_or("?")
             )))
         }),

@@ -7,6 +7,7 @@ use std::time::Duration;
 use covseg_stages::serving::batcher::Batcher;
 use covseg_stages::serving::decode::DecodeLimits;
 use covseg_stages::serving::segment::Recipe;
+use covseg_stages::serving::volume::VolumeLimits;
 
 use super::metrics::Metrics;
 
@@ -22,6 +23,14 @@ pub struct Limits {
     /// Requests decoding, queued, in the model or being encoded at once; more are 503s. It
     /// bounds the memory of decoded uploads, which the queue alone does not.
     pub in_flight: usize,
+    /// Most slices per forward pass: a volume goes to the model in batches of this size.
+    pub max_batch: usize,
+    /// Uploaded volumes: dimensions and unpacked size.
+    pub volume: VolumeLimits,
+    /// Largest volume upload, in bytes.
+    pub max_volume_body: usize,
+    /// A volume request's whole time: upload, model, answer.
+    pub volume_timeout: Duration,
 }
 
 /// A held place among [`Limits::in_flight`]; released on drop.
@@ -30,6 +39,15 @@ pub struct Slot<'a>(&'a AtomicUsize);
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The held volume place; released on drop.
+pub struct VolumeSlot<'a>(&'a AtomicBool);
+
+impl Drop for VolumeSlot<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
     }
 }
 
@@ -45,6 +63,7 @@ pub struct AppState {
     loaded: AtomicBool,
     draining: AtomicBool,
     in_flight: AtomicUsize,
+    volume_busy: AtomicBool,
 }
 
 impl AppState {
@@ -65,6 +84,7 @@ impl AppState {
             loaded: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
+            volume_busy: AtomicBool::new(false),
         }
     }
 
@@ -88,6 +108,15 @@ impl AppState {
         let before = self.in_flight.fetch_add(1, Ordering::SeqCst);
         let slot = Slot(&self.in_flight);
         (before < self.limits.in_flight).then_some(slot)
+    }
+
+    /// The one place for a volume in progress, if it is free: a volume holds memory in the
+    /// hundreds of MB and the model for minutes, so volumes go one at a time.
+    pub fn volume_slot(&self) -> Option<VolumeSlot<'_>> {
+        self.volume_busy
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .ok()
+            .map(|_| VolumeSlot(&self.volume_busy))
     }
 
     pub fn draining(&self) -> bool {

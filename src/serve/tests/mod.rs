@@ -6,6 +6,7 @@ mod connections;
 mod parity;
 mod protocols;
 mod routes;
+mod volumes;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -90,6 +91,10 @@ fn limits(setup: &Setup) -> Limits {
         body_timeout: Duration::from_secs(5),
         queue: setup.queue,
         in_flight: setup.queue + setup.max_batch + 2,
+        max_batch: setup.max_batch,
+        volume: covseg_stages::serving::volume::VolumeLimits::default(),
+        max_volume_body: 64 << 20,
+        volume_timeout: Duration::from_secs(20),
     }
 }
 

@@ -149,3 +149,133 @@ async fn endpoint_matches_predict_bit_for_bit() {
         "batching changed a slice's masks"
     );
 }
+
+/// A volume gets the same label NIfTI from the endpoint as from `predict`, with a bundle that
+/// resamples to its own pixel spacing (the phantom's 5.5 mm pixels onto a 7 mm, 48² canvas).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volume_gets_predicts_labels_from_the_endpoint() {
+    use covseg_stages::model::{EncoderKind, UnetConfig};
+    use covseg_stages::predict::{PredictConfig, PredictInput, Tta};
+    use covseg_stages::serving::segment::BundleModel;
+    use covseg_stages::training::{DeviceChoice, TrainConfig, load_bundle, write_bundle};
+    let dir = tempfile::tempdir().unwrap();
+    let paths = super::volumes::phantoms(dir.path());
+    let bundle_dir = dir.path().join("bundle");
+    let device = burn::tensor::Device::flex();
+    device.seed(8);
+    let config = TrainConfig {
+        model: UnetConfig {
+            encoder: EncoderKind::Plain,
+            encoder_depth: 3,
+            decoder_channels: Some(vec![16, 8, 8]),
+            ..Default::default()
+        },
+        device: DeviceChoice::Cpu,
+        ..Default::default()
+    };
+    let model = config.model.init(&device).unwrap();
+    let pre = Preprocessing {
+        size: 48,
+        pixel_mm: Some(7.0),
+        ..recipe().preprocessing
+    };
+    let file = paths.nifti.join("phantom-001.nii.gz");
+    let volume = covseg_stages::volume::nifti::read(&file).unwrap();
+    // Thresholds at the median probabilities, so random weights still label some voxels.
+    write_bundle(
+        &bundle_dir,
+        &model,
+        &config,
+        &pre,
+        Thresholds {
+            ggo: 0.5,
+            consolidation: 0.5,
+        },
+    )
+    .unwrap();
+    let bundle = load_bundle(&bundle_dir, &device).unwrap();
+    let slices = covseg_stages::predict::VolumeSlices::new(&pre, &volume);
+    let p = covseg_stages::predict::probabilities(
+        &bundle,
+        slices.inputs(0..slices.len()).view(),
+        Tta::None,
+        4,
+    )
+    .unwrap();
+    let median = |c: usize| {
+        let mut v: Vec<f32> = p.index_axis(ndarray::Axis(1), c).iter().copied().collect();
+        v.sort_by(f32::total_cmp);
+        f64::from(v[v.len() / 2])
+    };
+    let thresholds = Thresholds {
+        ggo: median(0),
+        consolidation: median(1),
+    };
+    write_bundle(&bundle_dir, &model, &config, &pre, thresholds).unwrap();
+    let bundle = load_bundle(&bundle_dir, &device).unwrap();
+    let out = dir.path().join("predicted");
+    covseg_stages::predict::predict(
+        &bundle,
+        &PredictInput::Volumes(file.clone()),
+        &PredictConfig {
+            overlays: 0,
+            ..Default::default()
+        },
+        &out,
+        &covseg_stages::NoProgress,
+    )
+    .unwrap();
+    let expected = covseg_stages::volume::nifti::read(&out.join("phantom-001.nii.gz")).unwrap();
+    assert!(
+        expected.hu.iter().any(|&v| v == 1.0 || v == 2.0),
+        "a prediction without lesions proves little"
+    );
+
+    let load_dir = bundle_dir.clone();
+    let state = state_with(
+        Setup::default(),
+        Recipe {
+            preprocessing: pre,
+            thresholds,
+        },
+        Box::new(move || {
+            let bundle = load_bundle(&load_dir, &burn::tensor::Device::flex()).unwrap();
+            Box::new(BundleModel {
+                bundle,
+                tta: Tta::None,
+                max_batch: 4,
+            }) as Box<dyn Model>
+        }),
+    );
+    let (status, _, nii) = send(
+        &state,
+        post(
+            "/v1/volume?name=phantom-001",
+            "application/gzip",
+            "application/gzip",
+            std::fs::read(&file).unwrap(),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&nii));
+    let served = super::volumes::labels_of(&nii);
+    super::volumes::assert_aligned(&served, &volume);
+    assert_eq!(
+        served.hu, expected.hu,
+        "the endpoint's labels differ from predict's"
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("phantom-001.report.json")).unwrap())
+            .unwrap();
+    let (_, _, body) = send(
+        &state,
+        post(
+            "/v1/volume?name=phantom-001",
+            "application/gzip",
+            "application/json",
+            std::fs::read(&file).unwrap(),
+        ),
+    )
+    .await;
+    assert_eq!(json(&body)["report"], report);
+}

@@ -213,6 +213,7 @@ async fn viewer_multipart_openapi_and_assets() {
         "/ping",
         "/invocations",
         "/v1/segment",
+        "/v1/volume",
         "/v2",
         "/v2/health/live",
         "/v2/health/ready",

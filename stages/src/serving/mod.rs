@@ -7,13 +7,16 @@
 //! - [`segment`] prepares slices for the model and turns its probabilities into labels, exactly as
 //!   `predict` does, so the endpoint and `predict` agree bit for bit;
 //! - [`summary`] and [`encode`] give the answer: per-class counts and areas, label PNGs, `.npy`
-//!   masks.
+//!   masks;
+//! - [`volume`] reads an uploaded CT volume (NIfTI or a zipped DICOM series), runs it through
+//!   the model slice by slice as `predict` does, and packs the label NIfTI and the report.
 
 pub mod batcher;
 pub mod decode;
 pub mod encode;
 pub mod segment;
 pub mod summary;
+pub mod volume;
 
 /// Why a request's content cannot be served; the HTTP layer maps each to a status code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

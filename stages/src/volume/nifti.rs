@@ -24,8 +24,7 @@ const HEADER_BYTES: usize = 348;
 /// Reads a `.nii` or `.nii.gz` file.
 pub fn read(path: &Path) -> Result<Volume> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let gz = bytes.starts_with(&[0x1f, 0x8b]);
-    read_bytes(path, &bytes, gz)
+    read_bytes(path, &bytes, is_gzip(&bytes))
 }
 
 /// The dimensions of a `.nii[.gz]` file, from its header alone (the first 64 KiB of the file).
@@ -34,9 +33,19 @@ pub fn read_shape(path: &Path) -> Result<Vec<usize>> {
     File::open(path)
         .and_then(|f| f.take(64 << 10).read_to_end(&mut head))
         .map_err(|e| Error::io(path, e))?;
-    let gz = head.starts_with(&[0x1f, 0x8b]);
-    let header = parse_header(path, &head, gz)?;
+    shape_of_bytes(path, &head)
+}
+
+/// The dimensions a `.nii[.gz]`'s bytes declare, from the header alone: what an upload is
+/// checked against before its voxels are inflated.
+pub fn shape_of_bytes(path: &Path, bytes: &[u8]) -> Result<Vec<usize>> {
+    let header = parse_header(path, bytes, is_gzip(bytes))?;
     check_dims(&header).map_err(|m| Error::invalid_data(path, m))
+}
+
+/// Whether bytes start as a gzip stream.
+pub fn is_gzip(bytes: &[u8]) -> bool {
+    bytes.starts_with(&[0x1f, 0x8b])
 }
 
 /// Inflates and checks the 348-byte header: NIfTI-1, single file.

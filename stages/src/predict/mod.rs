@@ -23,10 +23,12 @@ use ndarray::{Array2, Array3, Array4, ArrayView3, Axis, s};
 use serde::{Deserialize, Serialize};
 
 use crate::data::intensity::{Preprocessing, SourceKind};
-use crate::data::spacing::{PAD_HU, SpacingPlan};
 use crate::data::{folder, kaggle, npy, resize};
 use crate::training::Bundle;
 use crate::{Error, Progress, Result, volume};
+
+mod volume_slices;
+pub use volume_slices::{VolumeLesions, VolumeSlices};
 
 /// Test-time augmentation: predictions on mirrored copies, un-mirrored and averaged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -371,19 +373,22 @@ fn predict_volumes(
         for w in &v.warnings {
             tracing::warn!(volume = %name, "{w}");
         }
-        let [ni, nj, nk] = v.shape();
-        // Slices as images: rows are j, columns i (as a DICOM viewer shows them).
-        let images: Vec<Array2<f32>> = v.hu.axis_iter(Axis(2)).map(|s| s.t().to_owned()).collect();
-        let (probs, seconds) = run_at_spacing(bundle, v, &images, config, progress)?;
-        model_seconds += seconds;
-        slices += nk;
-        let mut lesions = Array3::<u8>::zeros((ni, nj, nk));
-        for (k, p) in probs.iter().enumerate() {
-            lesions
-                .index_axis_mut(Axis(2), k)
-                .assign(&labels(p.view(), thresholds).t());
+        let slices_of = VolumeSlices::new(&bundle.preprocessing, v);
+        let mut found = VolumeLesions::new(v.shape(), thresholds, config.probability_maps);
+        progress.start(slices_of.len() as u64, "slices");
+        for start in (0..slices_of.len()).step_by(config.batch_size) {
+            let range = start..(start + config.batch_size).min(slices_of.len());
+            let inputs = slices_of.inputs(range.clone());
+            let began = Instant::now();
+            let p = probabilities(bundle, inputs.view(), config.tta, config.batch_size)?;
+            model_seconds += began.elapsed().as_secs_f64();
+            for (i, k) in range.clone().enumerate() {
+                found.set(k, slices_of.back(p.index_axis(Axis(0), i)).view());
+            }
+            progress.advance(range.len() as u64);
         }
-        let (label_map, report, _) = volume::report::assess(v, &lesions);
+        slices += slices_of.len();
+        let (label_map, report, _) = volume::report::assess(v, &found.labels);
         volume::nifti::write_labels(&out.join(format!("{name}.nii.gz")), label_map.view(), v)?;
         let json = serde_json::to_string_pretty(&report).expect("a report serialises");
         write_text(&out.join(format!("{name}.report.json")), &(json + "\n"))?;
@@ -391,13 +396,8 @@ fn predict_volumes(
             &out.join(format!("{name}.report.html")),
             &report.html(v, &label_map, 4)?,
         )?;
-        if config.probability_maps {
-            for (c, class) in ["ggo", "consolidation"].iter().enumerate() {
-                let mut map = ndarray::Array3::<f32>::zeros((ni, nj, nk));
-                for (k, p) in probs.iter().enumerate() {
-                    map.index_axis_mut(Axis(2), k)
-                        .assign(&p.index_axis(Axis(0), c).t());
-                }
+        if let Some(maps) = &found.probabilities {
+            for (class, map) in ["ggo", "consolidation"].iter().zip(maps) {
                 volume::nifti::write_map(
                     &out.join(format!("{name}.{class}.nii.gz")),
                     map.view(),
@@ -408,7 +408,7 @@ fn predict_volumes(
         // Overlays: the slices with the most lesion, in order.
         let wanted = config.overlays.saturating_sub(overlays.len());
         for k in volume::report::most_involved(&label_map, wanted) {
-            let shown = bundle.preprocessing.windows[0].apply_all(images[k].view());
+            let shown = bundle.preprocessing.windows[0].apply_all(slices_of.image(k).view());
             let lab = label_map.index_axis(Axis(2), k).t().to_owned();
             overlays.push(crate::render::overlay(shown.view(), lab.view()));
         }
@@ -428,46 +428,6 @@ fn predict_volumes(
         },
         overlays,
     })
-}
-
-/// Runs a volume's slices; with the bundle's `pixel_mm`, each slice goes onto the model's canvas at
-/// that spacing (as in training) and its probabilities come back onto the slice's own grid.
-fn run_at_spacing(
-    bundle: &Bundle,
-    v: &volume::Volume,
-    images: &[Array2<f32>],
-    config: &PredictConfig,
-    progress: &dyn Progress,
-) -> Result<(Vec<Array3<f32>>, f64)> {
-    let Some(mm) = bundle.preprocessing.pixel_mm else {
-        return run(bundle, images, config, progress);
-    };
-    let [ni, nj, _] = v.shape();
-    let spacing = v.spacing();
-    let plan = SpacingPlan::new(
-        nj,
-        ni,
-        [spacing[1], spacing[0]],
-        mm,
-        bundle.preprocessing.size,
-    );
-    let canvases: Vec<Array2<f32>> = images
-        .iter()
-        .map(|image| plan.to_model(image.view(), PAD_HU))
-        .collect();
-    let (probs, seconds) = run(bundle, &canvases, config, progress)?;
-    let back = probs
-        .iter()
-        .map(|p| {
-            let mut out = Array3::zeros((p.dim().0, nj, ni));
-            for (c, channel) in p.axis_iter(Axis(0)).enumerate() {
-                out.index_axis_mut(Axis(0), c)
-                    .assign(&plan.from_model(channel));
-            }
-            out
-        })
-        .collect();
-    Ok((back, seconds))
 }
 
 fn write_text(path: &Path, text: &str) -> Result<()> {
