@@ -359,8 +359,48 @@ shared_test!(mosmed_lesion_volume_is_voxels_times_voxel_volume, |dir| {
             (ml - expected).abs() < 1e-3 * expected.max(1.0),
             "{ml} vs {expected}"
         );
+        // And with nibabel: non-zero voxels × |det| of its affine.
+        if let Some(nibabel) = nibabel_ml(&path) {
+            println!("study {study}: nibabel {nibabel:.4} mL");
+            assert!(
+                (ml - nibabel).abs() < 1e-6 * nibabel.max(1.0),
+                "covseg {ml} mL, nibabel {nibabel} mL"
+            );
+        }
     }
 });
+
+/// The lesion volume of a mask in mL as nibabel computes it, where python3 has nibabel (CI
+/// installs it and must run the check); `None`, saying so, elsewhere.
+fn nibabel_ml(path: &Path) -> Option<f64> {
+    const SCRIPT: &str = "import sys, numpy as np, nibabel as nib\n\
+        img = nib.load(sys.argv[1])\n\
+        n = int(np.count_nonzero(np.asanyarray(img.dataobj)))\n\
+        print(repr(float(n * abs(np.linalg.det(img.affine[:3, :3])) / 1000.0)))\n";
+    let has = std::process::Command::new("python3")
+        .args(["-c", "import nibabel"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must cross-check with nibabel: .ci/run installs it (python3 -m pip install nibabel)"
+        );
+        eprintln!("skipping the nibabel cross-check: python3 with nibabel is not installed here");
+        return None;
+    }
+    let out = std::process::Command::new("python3")
+        .args(["-c", SCRIPT])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "nibabel: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(String::from_utf8_lossy(&out.stdout).trim().parse().unwrap())
+}
 
 fn gunzip_head(path: &Path) -> Vec<u8> {
     use std::io::Read;
