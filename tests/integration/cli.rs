@@ -127,3 +127,36 @@ fn exec_runs_one_kind_outside_the_cache() {
         !t.path().join("x").exists() || std::fs::read_dir(t.path().join("x")).unwrap().count() == 0
     );
 }
+
+/// Every example pipeline in the repository is valid: `plan` reads it and lists all its stages.
+#[test]
+fn every_example_pipeline_plans() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
+    let mut examples: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    examples.sort();
+    assert!(examples.len() >= 2, "{examples:?}");
+    for example in examples {
+        let name = example.file_name().unwrap().to_string_lossy().into_owned();
+        let text = std::fs::read_to_string(&example).unwrap();
+        let stages = text.matches("[[stage]]").count();
+        let file = format!("examples/{name}");
+        let mut t = Test::new()
+            .file(&file, &text)
+            .args(["plan", "--pipeline", file.as_str()]);
+        let plan = t.run();
+        let listed = plan
+            .stdout
+            .lines()
+            .filter(|l| l.contains("stale") || l.contains("cached") || l.contains("blocked"))
+            .count();
+        assert!(
+            listed >= stages,
+            "{name}: {stages} stages, plan:\n{}",
+            plan.stdout
+        );
+    }
+}

@@ -10,6 +10,7 @@ use crate::volume::Affine;
 const MIN_SLICES: usize = 4;
 const MAX_SLICES_PER_VOLUME: usize = 1000;
 const MAX_VOLUMES: usize = 1000;
+const MAX_FIRST: usize = 999_000;
 /// Keeps one volume's painted slices (about 30 bytes a pixel) within a few GB.
 const MAX_VOXELS: usize = 512 * 512 * 400;
 /// Salt of the per-volume streams, so volume `i` and slice phantom `i` of one seed differ.
@@ -33,6 +34,14 @@ pub struct VolumePhantomConfig {
     pub lesion_free_fraction: f64,
     /// Standard deviation of the additive Gaussian noise, in HU.
     pub noise_hu: f64,
+    /// Index of the first volume: `first = 100` makes `phantom-100`, `phantom-101`, …, other
+    /// patients than a set of the same seed starting at 0 (held-out scans to predict).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub first: usize,
+}
+
+fn is_zero(v: &usize) -> bool {
+    *v == 0
 }
 
 impl Default for VolumePhantomConfig {
@@ -45,6 +54,7 @@ impl Default for VolumePhantomConfig {
             slice_mm: 5.0,
             lesion_free_fraction: 0.0,
             noise_hu: 20.0,
+            first: 0,
         }
     }
 }
@@ -103,6 +113,12 @@ impl VolumePhantomConfig {
             self.noise_hu.is_finite() && self.noise_hu >= 0.0,
             "a finite number ≥ 0",
             self.noise_hu.to_string(),
+        )?;
+        range(
+            "first",
+            self.first <= MAX_FIRST,
+            &format!("0…{MAX_FIRST}"),
+            self.first.to_string(),
         )?;
         if self.slices * self.size * self.size > MAX_VOXELS {
             return Err(Error::invalid_param(

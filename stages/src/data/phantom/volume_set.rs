@@ -26,7 +26,8 @@ pub struct VolumeSetPaths {
     pub dicom: PathBuf,
 }
 
-/// Generates and writes `config.volumes` volumes; returns the true report of each.
+/// Generates and writes `config.volumes` volumes from index `config.first`; returns the true
+/// report of each.
 pub fn write_volume_set(
     config: &VolumePhantomConfig,
     seed: u64,
@@ -39,7 +40,7 @@ pub fn write_volume_set(
     }
     progress.start(config.volumes as u64, "volumes");
     let mut truth = Vec::with_capacity(config.volumes);
-    for index in 0..config.volumes {
+    for index in config.first..config.first + config.volumes {
         let phantom = generate_volume(config, seed, index)?;
         let volume = Volume {
             hu: phantom.hu,
@@ -174,5 +175,49 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// `first` picks other patients of the same seed: the set from 2 holds volume 2 of the set
+    /// from 0, and a different one from volume 0.
+    #[test]
+    fn first_starts_the_set_at_another_patient() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = |name: &str| VolumeSetPaths {
+            nifti: dir.path().join(name).join("nifti"),
+            labels: dir.path().join(name).join("labels"),
+            dicom: dir.path().join(name).join("dicom"),
+        };
+        let config = VolumePhantomConfig {
+            volumes: 3,
+            slices: 4,
+            size: 64,
+            ..VolumePhantomConfig::default()
+        };
+        let all = write_volume_set(&config, 5, &paths("all"), &NoProgress).unwrap();
+        let later = VolumePhantomConfig {
+            volumes: 1,
+            first: 2,
+            ..config
+        };
+        let one = write_volume_set(&later, 5, &paths("one"), &NoProgress).unwrap();
+        assert_eq!(one[0].volume, "phantom-002");
+        assert_eq!(one[0], all[2]);
+        let bytes = |set: &str, name: &str| {
+            std::fs::read(paths(set).nifti.join(format!("{name}.nii.gz"))).unwrap()
+        };
+        assert_eq!(bytes("one", "phantom-002"), bytes("all", "phantom-002"));
+        assert_ne!(bytes("all", "phantom-000"), bytes("all", "phantom-002"));
+        assert!(later.validate().is_ok());
+        let too_far = VolumePhantomConfig {
+            first: 5_000_000,
+            ..config
+        };
+        assert!(
+            too_far
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("first")
+        );
     }
 }
