@@ -1,18 +1,18 @@
 //! The endpoint against `predict`, on a real bundle.
 
+use std::path::{Path, PathBuf};
+
+use covseg_stages::predict::{PredictConfig, PredictInput, Tta};
+use covseg_stages::training::{Bundle, load_bundle};
+
 use super::*;
 
-/// The endpoint and `predict` give the same masks for the same slice and bundle, bit for bit.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn endpoint_matches_predict_bit_for_bit() {
+/// A random-weight bundle of a small plain U-Net with `pre`, at `dir`.
+fn random_bundle(dir: &Path, pre: &Preprocessing, seed: u64) -> Bundle {
     use covseg_stages::model::{EncoderKind, UnetConfig};
-    use covseg_stages::predict::{PredictConfig, PredictInput, Tta};
-    use covseg_stages::serving::segment::BundleModel;
-    use covseg_stages::training::{DeviceChoice, TrainConfig, load_bundle, write_bundle};
-    let dir = tempfile::tempdir().unwrap();
-    let bundle_dir = dir.path().join("bundle");
+    use covseg_stages::training::{DeviceChoice, TrainConfig, write_bundle};
     let device = burn::tensor::Device::flex();
-    device.seed(5);
+    device.seed(seed);
     let config = TrainConfig {
         model: UnetConfig {
             encoder: EncoderKind::Plain,
@@ -24,36 +24,18 @@ async fn endpoint_matches_predict_bit_for_bit() {
         ..Default::default()
     };
     let model = config.model.init(&device).unwrap();
-    let pre = Preprocessing {
-        size: 32,
-        ..recipe().preprocessing
-    };
     let thresholds = Thresholds {
         ggo: 0.5,
         consolidation: 0.5,
     };
-    write_bundle(&bundle_dir, &model, &config, &pre, thresholds).unwrap();
+    write_bundle(dir, &model, &config, pre, thresholds).unwrap();
+    load_bundle(dir, &device).unwrap()
+}
 
-    // One 40×36 slice in HU with structure, as a Kaggle .npy and as an upload.
-    let slice = Array2::<f64>::from_shape_fn((40, 36), |(y, x)| {
-        ((y * 37 + x * 11) % 200) as f64 * 8.0 - 1000.0
-    });
-    let kaggle = slice.clone().into_shape_with_order((1, 40, 36, 1)).unwrap();
-    let images = dir.path().join("images.npy");
-    kaggle
-        .write_npy(std::fs::File::create(&images).unwrap())
-        .unwrap();
-    // Thresholds at the median probability of each class, so the masks are neither empty nor
-    // full (random weights put every pixel on one side of 0.5).
-    let bundle = load_bundle(&bundle_dir, &device).unwrap();
-    let input = covseg_stages::predict::model_input(&pre, slice.mapv(|v| v as f32));
-    let p = covseg_stages::predict::probabilities(
-        &bundle,
-        input.insert_axis(ndarray::Axis(0)).view(),
-        Tta::None,
-        1,
-    )
-    .unwrap();
+/// Thresholds at the median probability of each class of `p` `(N,2,S,S)`, written as the
+/// bundle's `thresholds.json`, so the masks are neither empty nor full (random weights put every
+/// pixel on one side of 0.5). Returns the bundle reloaded with them.
+fn median_thresholds(dir: &Path, p: &Array4<f32>) -> (Bundle, Thresholds) {
     let median = |c: usize| {
         let mut v: Vec<f32> = p.index_axis(ndarray::Axis(1), c).iter().copied().collect();
         v.sort_by(f32::total_cmp);
@@ -64,12 +46,64 @@ async fn endpoint_matches_predict_bit_for_bit() {
         consolidation: median(1),
     };
     std::fs::write(
-        bundle_dir.join("thresholds.json"),
+        dir.join("thresholds.json"),
         serde_json::to_string(&thresholds).unwrap(),
     )
     .unwrap();
+    let bundle = load_bundle(dir, &burn::tensor::Device::flex()).unwrap();
+    (bundle, thresholds)
+}
+
+/// A server whose model thread loads the bundle at `dir`.
+fn serving(dir: PathBuf, preprocessing: Preprocessing, thresholds: Thresholds) -> Arc<AppState> {
+    use covseg_stages::serving::segment::BundleModel;
+    state_with(
+        Setup::default(),
+        Recipe {
+            preprocessing,
+            thresholds,
+        },
+        Box::new(move || {
+            let bundle = load_bundle(&dir, &burn::tensor::Device::flex()).unwrap();
+            Box::new(BundleModel {
+                bundle,
+                tta: Tta::None,
+                max_batch: 4,
+            }) as Box<dyn Model>
+        }),
+    )
+}
+
+/// The endpoint and `predict` give the same masks for the same slice and bundle, bit for bit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_matches_predict_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle_dir = dir.path().join("bundle");
+    let pre = Preprocessing {
+        size: 32,
+        ..recipe().preprocessing
+    };
+    let bundle = random_bundle(&bundle_dir, &pre, 5);
+
+    // One 40×36 slice in HU with structure, as a Kaggle .npy and as an upload.
+    let slice = Array2::<f64>::from_shape_fn((40, 36), |(y, x)| {
+        ((y * 37 + x * 11) % 200) as f64 * 8.0 - 1000.0
+    });
+    let kaggle = slice.clone().into_shape_with_order((1, 40, 36, 1)).unwrap();
+    let images = dir.path().join("images.npy");
+    kaggle
+        .write_npy(std::fs::File::create(&images).unwrap())
+        .unwrap();
+    let input = covseg_stages::predict::model_input(&pre, slice.mapv(|v| v as f32));
+    let p = covseg_stages::predict::probabilities(
+        &bundle,
+        input.insert_axis(ndarray::Axis(0)).view(),
+        Tta::None,
+        1,
+    )
+    .unwrap();
+    let (bundle, thresholds) = median_thresholds(&bundle_dir, &p);
     let out = dir.path().join("predicted");
-    let bundle = load_bundle(&bundle_dir, &device).unwrap();
     covseg_stages::predict::predict(
         &bundle,
         &PredictInput::Kaggle(images),
@@ -84,22 +118,7 @@ async fn endpoint_matches_predict_bit_for_bit() {
     .unwrap();
     let expected = std::fs::read(out.join("masks.npy")).unwrap();
 
-    let load_dir = bundle_dir.clone();
-    let state = state_with(
-        Setup::default(),
-        Recipe {
-            preprocessing: pre,
-            thresholds,
-        },
-        Box::new(move || {
-            let bundle = load_bundle(&load_dir, &burn::tensor::Device::flex()).unwrap();
-            Box::new(BundleModel {
-                bundle,
-                tta: Tta::None,
-                max_batch: 4,
-            }) as Box<dyn Model>
-        }),
-    );
+    let state = serving(bundle_dir, pre, thresholds);
     let mut upload = Vec::new();
     slice.write_npy(&mut upload).unwrap();
     let (status, _, body) = send(
@@ -154,46 +173,17 @@ async fn endpoint_matches_predict_bit_for_bit() {
 /// resamples to its own pixel spacing (the phantom's 5.5 mm pixels onto a 7 mm, 48² canvas).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_volume_gets_predicts_labels_from_the_endpoint() {
-    use covseg_stages::model::{EncoderKind, UnetConfig};
-    use covseg_stages::predict::{PredictConfig, PredictInput, Tta};
-    use covseg_stages::serving::segment::BundleModel;
-    use covseg_stages::training::{DeviceChoice, TrainConfig, load_bundle, write_bundle};
     let dir = tempfile::tempdir().unwrap();
     let paths = super::volumes::phantoms(dir.path());
     let bundle_dir = dir.path().join("bundle");
-    let device = burn::tensor::Device::flex();
-    device.seed(8);
-    let config = TrainConfig {
-        model: UnetConfig {
-            encoder: EncoderKind::Plain,
-            encoder_depth: 3,
-            decoder_channels: Some(vec![16, 8, 8]),
-            ..Default::default()
-        },
-        device: DeviceChoice::Cpu,
-        ..Default::default()
-    };
-    let model = config.model.init(&device).unwrap();
     let pre = Preprocessing {
         size: 48,
         pixel_mm: Some(7.0),
         ..recipe().preprocessing
     };
+    let bundle = random_bundle(&bundle_dir, &pre, 8);
     let file = paths.nifti.join("phantom-001.nii.gz");
     let volume = covseg_stages::volume::nifti::read(&file).unwrap();
-    // Thresholds at the median probabilities, so random weights still label some voxels.
-    write_bundle(
-        &bundle_dir,
-        &model,
-        &config,
-        &pre,
-        Thresholds {
-            ggo: 0.5,
-            consolidation: 0.5,
-        },
-    )
-    .unwrap();
-    let bundle = load_bundle(&bundle_dir, &device).unwrap();
     let slices = covseg_stages::predict::VolumeSlices::new(&pre, &volume);
     let p = covseg_stages::predict::probabilities(
         &bundle,
@@ -202,17 +192,7 @@ async fn a_volume_gets_predicts_labels_from_the_endpoint() {
         4,
     )
     .unwrap();
-    let median = |c: usize| {
-        let mut v: Vec<f32> = p.index_axis(ndarray::Axis(1), c).iter().copied().collect();
-        v.sort_by(f32::total_cmp);
-        f64::from(v[v.len() / 2])
-    };
-    let thresholds = Thresholds {
-        ggo: median(0),
-        consolidation: median(1),
-    };
-    write_bundle(&bundle_dir, &model, &config, &pre, thresholds).unwrap();
-    let bundle = load_bundle(&bundle_dir, &device).unwrap();
+    let (bundle, thresholds) = median_thresholds(&bundle_dir, &p);
     let out = dir.path().join("predicted");
     covseg_stages::predict::predict(
         &bundle,
@@ -231,22 +211,7 @@ async fn a_volume_gets_predicts_labels_from_the_endpoint() {
         "a prediction without lesions proves little"
     );
 
-    let load_dir = bundle_dir.clone();
-    let state = state_with(
-        Setup::default(),
-        Recipe {
-            preprocessing: pre,
-            thresholds,
-        },
-        Box::new(move || {
-            let bundle = load_bundle(&load_dir, &burn::tensor::Device::flex()).unwrap();
-            Box::new(BundleModel {
-                bundle,
-                tta: Tta::None,
-                max_batch: 4,
-            }) as Box<dyn Model>
-        }),
-    );
+    let state = serving(bundle_dir, pre, thresholds);
     let (status, _, nii) = send(
         &state,
         post(

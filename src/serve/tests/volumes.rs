@@ -261,58 +261,41 @@ async fn volume_refusals_are_clear_and_bounded() {
         assert!(error_of(&body).contains("one at a time"));
     }
 
-    // Limits of the server's flags: slices and body size.
-    let mut limits = limits(&Setup::default());
-    limits.volume.max_slices = 5;
-    limits.max_volume_body = upload.len() - 1;
-    let strict = Arc::new(AppState::new(
-        recipe(),
-        "v".into(),
-        Batcher::start(
-            BatchConfig::default(),
-            || {
-                Ok(Box::new(Fake {
-                    delay: Duration::ZERO,
-                }) as Box<dyn Model>)
-            },
-            |_| {},
-        ),
-        limits,
-        None,
-    ));
-    strict.set_loaded();
+    // Limits of the server's flags: body size and slices.
+    let mut small_body = limits(&Setup::default());
+    small_body.max_volume_body = upload.len() - 1;
     let (status, _, body) = send(
-        &strict,
+        &limited(small_body),
         post("/v1/volume", "application/gzip", "*/*", upload.clone()),
     )
     .await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     assert!(error_of(&body).contains("--max-volume-body"));
-    let mut limits = limits_with_slices(5);
-    limits.max_volume_body = 64 << 20;
-    let few = Arc::new(AppState::new(
-        recipe(),
-        "v".into(),
-        Batcher::start(
-            BatchConfig::default(),
-            || {
-                Ok(Box::new(Fake {
-                    delay: Duration::ZERO,
-                }) as Box<dyn Model>)
-            },
-            |_| {},
-        ),
-        limits,
-        None,
-    ));
-    few.set_loaded();
-    let (status, _, body) = send(&few, post("/v1/volume", "application/gzip", "*/*", upload)).await;
+    let mut few_slices = limits(&Setup::default());
+    few_slices.volume.max_slices = 5;
+    let (status, _, body) = send(
+        &limited(few_slices),
+        post("/v1/volume", "application/gzip", "*/*", upload),
+    )
+    .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(error_of(&body).contains("6 slices; the most accepted is 5"));
 }
 
-fn limits_with_slices(max_slices: usize) -> Limits {
-    let mut l = limits(&Setup::default());
-    l.volume.max_slices = max_slices;
-    l
+/// A loaded server with the fake model and these limits.
+fn limited(limits: Limits) -> Arc<AppState> {
+    let model = || {
+        Ok(Box::new(Fake {
+            delay: Duration::ZERO,
+        }) as Box<dyn Model>)
+    };
+    let state = Arc::new(AppState::new(
+        recipe(),
+        "v".into(),
+        Batcher::start(BatchConfig::default(), model, |_| {}),
+        limits,
+        None,
+    ));
+    state.set_loaded();
+    state
 }

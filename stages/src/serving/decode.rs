@@ -88,28 +88,12 @@ pub fn decode(
     declared: Option<Format>,
     limits: &DecodeLimits,
 ) -> Result<Slices, RequestError> {
-    let sniffed = Format::sniff(bytes);
-    let format = match (declared, sniffed) {
-        (Some(d), Some(s)) if d != s => {
-            return Err(RequestError::Invalid(format!(
-                "the body was declared {} but its bytes are {}",
-                name(d),
-                name(s)
-            )));
-        }
-        (_, Some(s)) => s,
-        (Some(d), None) => {
-            return Err(RequestError::Invalid(format!(
-                "the body was declared {} but does not start like one (damaged or empty)",
-                name(d)
-            )));
-        }
-        (None, None) => {
-            return Err(RequestError::Unsupported(
-                "the body is not a PNG, JPEG or .npy slice; send image/png, image/jpeg or application/x-npy".into(),
-            ));
-        }
-    };
+    let format = super::resolve_format(
+        declared,
+        Format::sniff(bytes),
+        name,
+        "the body is not a PNG, JPEG or .npy slice; send image/png, image/jpeg or application/x-npy",
+    )?;
     match format {
         Format::Png | Format::Jpeg => image(bytes, format, limits),
         Format::Npy => npy(bytes, limits),

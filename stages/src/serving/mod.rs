@@ -31,3 +31,26 @@ pub enum RequestError {
     #[error("{0}")]
     NotAcceptable(String),
 }
+
+/// The format of a body: what its first bytes show (`sniffed`), which must agree with what its
+/// `Content-Type` declared, if anything. `unsupported` is the refusal when neither says.
+pub(crate) fn resolve_format<F: Copy + PartialEq>(
+    declared: Option<F>,
+    sniffed: Option<F>,
+    name: impl Fn(F) -> &'static str,
+    unsupported: &str,
+) -> Result<F, RequestError> {
+    match (declared, sniffed) {
+        (Some(d), Some(s)) if d != s => Err(RequestError::Invalid(format!(
+            "the body was declared {} but its bytes are {}",
+            name(d),
+            name(s)
+        ))),
+        (_, Some(s)) => Ok(s),
+        (Some(d), None) => Err(RequestError::Invalid(format!(
+            "the body was declared {} but does not start like one (damaged or empty)",
+            name(d)
+        ))),
+        (None, None) => Err(RequestError::Unsupported(unsupported.into())),
+    }
+}

@@ -114,30 +114,13 @@ pub fn decode(
     name: &str,
     limits: &VolumeLimits,
 ) -> Result<Volume, RequestError> {
-    let sniffed = VolumeFormat::sniff(bytes);
-    let format = match (format, sniffed) {
-        (Some(d), Some(s)) if d != s => {
-            return Err(RequestError::Invalid(format!(
-                "the body was declared {} but its bytes are {}",
-                describe(d),
-                describe(s)
-            )));
-        }
-        (_, Some(s)) => s,
-        (Some(d), None) => {
-            return Err(RequestError::Invalid(format!(
-                "the body was declared {} but does not start like one (damaged or empty)",
-                describe(d)
-            )));
-        }
-        (None, None) => {
-            return Err(RequestError::Unsupported(
-                "the body is not a NIfTI volume or a zipped DICOM series; send application/gzip \
-                 (.nii.gz), application/x-nifti (.nii) or application/zip"
-                    .into(),
-            ));
-        }
-    };
+    let format = super::resolve_format(
+        format,
+        VolumeFormat::sniff(bytes),
+        describe,
+        "the body is not a NIfTI volume or a zipped DICOM series; send application/gzip \
+         (.nii.gz), application/x-nifti (.nii) or application/zip",
+    )?;
     let invalid = |e: crate::Error| RequestError::Invalid(e.to_string());
     let mut volume = match format {
         VolumeFormat::Nifti => {
