@@ -33,7 +33,7 @@ use burn::nn::conv::Conv2d;
 use burn::tensor::Slice;
 use burn::tensor::{Device, Tensor};
 
-use super::flex::dims4;
+use super::flex::{dims4, matmul_nt};
 use super::{dense, depthwise};
 
 /// A bias-free 2-D convolution as a backend operation with separately overridable gradients.
@@ -361,7 +361,7 @@ fn dense_weight_grad(
                 ],
             );
             let seen = Flex::float_reshape(seen, [b, c_in, oh * ow].into());
-            let product = Flex::float_matmul(grad.clone(), Flex::float_swap_dims(seen, 1, 2));
+            let product = matmul_nt(grad.clone(), seen);
             let summed = Flex::float_sum_dim(product, 0);
             taps.push(Flex::float_reshape(summed, [c_out, c_in, 1].into()));
         }
@@ -406,7 +406,8 @@ mod tests {
 
     /// Output, input and weight gradients against Burn's generic convolution, for the kernels,
     /// strides and (asymmetric, TF `SAME`) paddings EfficientNet and the U-Net use: depthwise
-    /// (groups = channels), dense (groups = 1, including 1×1 and a strided tap grid) and, through
+    /// (groups = channels), dense (groups = 1, including 1×1 and a strided tap grid, with the weight gradient's product
+    /// taken in both orders) and, through
     /// Burn's fallback, a grouped convolution that is neither.
     #[test]
     fn gradients_match_burns_generic_convolution() {
@@ -420,6 +421,8 @@ mod tests {
             (3, [1, 1], [(1, 1), (1, 1)], 9, 3, 4, 1),
             (3, [2, 2], [(0, 1), (0, 1)], 10, 3, 6, 1),
             (1, [1, 1], [(0, 0), (0, 0)], 6, 7, 2, 1),
+            (1, [1, 1], [(0, 0), (0, 0)], 6, 2, 7, 1),
+            (3, [1, 1], [(1, 1), (1, 1)], 6, 1, 12, 1),
             (3, [1, 1], [(0, 0), (0, 0)], 8, 2, 3, 1),
             (3, [1, 1], [(0, 1), (1, 0)], 7, 3, 5, 1),
             (5, [1, 1], [(2, 2), (2, 2)], 6, 2, 3, 1),

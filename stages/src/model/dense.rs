@@ -19,7 +19,7 @@ use burn::tensor::{DType, Slice, TensorData};
 use rayon::prelude::*;
 
 use super::conv::{output_size, valid_outputs};
-use super::flex::{dims4, f32s, zeros};
+use super::flex::{dims4, f32s, matmul_nt, zeros};
 
 /// The largest column buffer of one band, in elements (4 MiB of f32: it stays in cache).
 const BAND_ELEMENTS: usize = 1 << 20;
@@ -222,7 +222,7 @@ impl Dense {
                             Slice::from(rows.start * ow_n..rows.end * ow_n),
                         ],
                     );
-                    let product = Flex::float_matmul(dy, Flex::float_swap_dims(cols, 1, 2));
+                    let product = matmul_nt(dy, cols);
                     for (s, p) in sum.iter_mut().zip(f32s(&product)) {
                         *s += p;
                     }

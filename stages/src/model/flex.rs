@@ -75,3 +75,22 @@ pub(crate) fn zeros(n: usize) -> Vec<f32> {
     v.par_extend(rayon::iter::repeat_n(0.0f32, n));
     v
 }
+
+/// `a · bᵀ` for `a` of shape `[.., m, p]` and `b` of shape `[.., n, p]`, both contiguous along
+/// `p`: the product of two matrices that run along the summed axis, as weight gradients do.
+///
+/// The GEMM reads one operand along its rows as they lie and first copies the other into its
+/// own blocked layout, transposing it (`b` in `a · bᵀ`, `a` in `b · aᵀ`). This takes the order
+/// that copies the smaller operand and transposes the small `m × n` result where needed: for a
+/// 3×3 convolution's weight gradient the columns (`9·c_in × p`) are far larger than the output
+/// gradient (`c_out × p`), and copying them was as slow as the product itself. Either order sums
+/// each element over `p` in the same way, and which one is taken depends only on the shapes.
+pub(crate) fn matmul_nt(a: FlexTensor, b: FlexTensor) -> FlexTensor {
+    let rank = a.layout().shape().num_dims();
+    let (m, n) = (a.layout().shape()[rank - 2], b.layout().shape()[rank - 2]);
+    if n <= m {
+        return Flex::float_matmul(a, Flex::float_swap_dims(b, rank - 2, rank - 1));
+    }
+    let product = Flex::float_matmul(b, Flex::float_swap_dims(a, rank - 2, rank - 1));
+    Flex::float_swap_dims(product, rank - 2, rank - 1).to_contiguous()
+}
