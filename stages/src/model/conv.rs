@@ -406,8 +406,8 @@ mod tests {
 
     /// Output, input and weight gradients against Burn's generic convolution, for the kernels,
     /// strides and (asymmetric, TF `SAME`) paddings EfficientNet and the U-Net use: depthwise
-    /// (groups = channels), dense (groups = 1, including 1×1 and a strided tap grid, with the weight gradient's product
-    /// taken in both orders) and, through
+    /// (groups = channels, including rows wider than 64), dense (groups = 1, including 1×1 and a
+    /// strided tap grid, with the weight gradient's product taken in both orders) and, through
     /// Burn's fallback, a grouped convolution that is neither.
     #[test]
     fn gradients_match_burns_generic_convolution() {
@@ -418,7 +418,7 @@ mod tests {
             (5, [1, 1], [(2, 2), (2, 2)], 7, 5, 5, 5),
             (5, [2, 2], [(1, 2), (1, 2)], 11, 5, 5, 5),
             (3, [2, 2], [(1, 1), (1, 1)], 8, 5, 5, 5),
-            // Rows wider than the depthwise loops' register blocks (64), with a remainder.
+            // Wide rows, whose loops run over many vector widths and end in a remainder.
             (3, [1, 1], [(1, 1), (1, 1)], 70, 3, 3, 3),
             (5, [1, 1], [(2, 2), (2, 2)], 133, 2, 2, 2),
             (3, [2, 2], [(0, 1), (0, 1)], 70, 2, 2, 2),

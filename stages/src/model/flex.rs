@@ -83,8 +83,8 @@ pub(crate) fn zeros(n: usize) -> Vec<f32> {
 /// own blocked layout, transposing it (`b` in `a · bᵀ`, `a` in `b · aᵀ`). This takes the order
 /// that copies the smaller operand and transposes the small `m × n` result where needed: for a
 /// 3×3 convolution's weight gradient the columns (`9·c_in × p`) are far larger than the output
-/// gradient (`c_out × p`), and copying them was as slow as the product itself. Either order sums
-/// each element over `p` in the same way, and which one is taken depends only on the shapes.
+/// gradient (`c_out × p`), and copying them was as slow as the product itself. Which order is
+/// taken depends only on the shapes, so the results do not depend on the thread count.
 pub(crate) fn matmul_nt(a: FlexTensor, b: FlexTensor) -> FlexTensor {
     let rank = a.layout().shape().num_dims();
     let (m, n) = (a.layout().shape()[rank - 2], b.layout().shape()[rank - 2]);
